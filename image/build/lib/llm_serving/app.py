@@ -1,0 +1,98 @@
+"""Public entry point: `llm_serving.app:build_app` is the RayService serveConfigV2 import_path."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+from ray import serve
+from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+from ray.llm._internal.serve.core.ingress.builder import (
+    _build_direct_streaming_llm_deployment,
+    _build_openai_ingress_request_router,
+)
+from ray.llm._internal.serve.core.server.builder import build_llm_deployment
+from ray.serve.deployment import Application
+from ray.serve.llm import LLMConfig
+
+from llm_serving.config import AppConfig, ModelConfig, parse_app_config
+from llm_serving.ingress import GatewayIngress
+from llm_serving.server import GatewayLLMServer
+
+
+def to_llm_config(name: str, model: ModelConfig) -> LLMConfig:
+    """One model of our config as Ray Serve LLM's LLMConfig."""
+    engine_kwargs = dict(model.engine_kwargs)
+    engine_kwargs["tensor_parallel_size"] = model.tensor_parallel_size
+    if model.max_model_len is not None:
+        engine_kwargs["max_model_len"] = model.max_model_len
+    if model.revision is not None:
+        engine_kwargs["revision"] = model.revision
+    if model.task == "embed":
+        engine_kwargs["runner"] = "pooling"
+
+    hardware: Dict[str, Any]
+    if model.device == "cpu":
+        hardware = {"accelerator_config": {"kind": "cpu"}, "placement_group_config": {"bundles": [{"CPU": 1}]}}
+    else:
+        # One GPU bundle per tensor-parallel rank, packed on one node.
+        hardware = {
+            "accelerator_type": model.accelerator_type,
+            "placement_group_config": {
+                "bundles": [{"GPU": 1}] * model.tensor_parallel_size,
+                "strategy": "STRICT_PACK",
+            },
+        }
+
+    return LLMConfig(
+        model_loading_config={"model_id": name, "model_source": model.source},
+        engine_kwargs=engine_kwargs,
+        deployment_config={
+            "max_ongoing_requests": model.max_ongoing_requests,
+            "max_queued_requests": model.max_queued_requests,
+            "autoscaling_config": model.autoscaling.to_serve(),
+        },
+        experimental_configs={"stream_batching_interval_ms": model.stream_batching_interval_ms},
+        server_cls=GatewayLLMServer,
+        log_engine_metrics=True,
+        **hardware,
+    )
+
+
+def uses_direct_streaming(config: AppConfig) -> bool:
+    """The engine replica can be the ingress only with one model and Ray's HAProxy in front."""
+    return (
+        config.gateway.direct_streaming == "auto"
+        and len(config.models) == 1
+        and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+    )
+
+
+def build_app(args: Dict[str, Any]) -> Application:
+    """Build the Serve application from the app's args (see llm_serving.config.AppConfig)."""
+    config = parse_app_config(args)
+    llm_configs = {name: to_llm_config(name, model) for name, model in config.models.items()}
+    gateway = config.gateway.model_dump()
+
+    if uses_direct_streaming(config):
+        (llm_config,) = llm_configs.values()
+        server = _build_direct_streaming_llm_deployment(llm_config, bind_kwargs={"gateway": gateway})
+        router = _build_openai_ingress_request_router(server=server, llm_config=llm_config)
+        return server._with_ingress_request_router(router)
+
+    ingress = config.gateway.ingress
+    all_scale_to_zero = all(m.autoscaling.min_replicas == 0 for m in config.models.values())
+    ingress_options = {
+        "max_ongoing_requests": ingress.max_ongoing_requests,
+        "autoscaling_config": {
+            "min_replicas": 0 if all_scale_to_zero else ingress.min_replicas,
+            "initial_replicas": ingress.min_replicas,
+            "max_replicas": ingress.max_replicas,
+            "target_ongoing_requests": ingress.target_ongoing_requests,
+        },
+    }
+    return serve.deployment(GatewayIngress, name="Gateway", **ingress_options).bind(
+        llm_deployments={name: build_llm_deployment(c) for name, c in llm_configs.items()},
+        model_cards={name: to_model_metadata(name, c) for name, c in llm_configs.items()},
+        gateway=gateway,
+    )

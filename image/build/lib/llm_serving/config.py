@@ -1,0 +1,238 @@
+"""The serving app's configuration: the single source of truth for what the app accepts.
+
+The llm-serving chart passes a profile's `app:` block verbatim as the RayService `serveConfigV2`
+args, and the local command reads the same block, so both runtimes validate with these models.
+The chart's values schema for `app:` is generated from `AppConfig.model_json_schema()`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$"
+
+# Engine arguments the app derives from first-class fields; setting them twice would let the two
+# copies disagree (for example tensor parallelism and the GPU bundles reserved for it).
+ENGINE_KWARGS_OWNED_BY_APP = {
+    "model": "source",
+    "served_model_name": "the model's key under `models`",
+    "tensor_parallel_size": "tensor_parallel_size",
+    "max_model_len": "max_model_len",
+    "revision": "revision",
+    "runner": "task",
+}
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo must fail loudly, not be ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class AutoscalingConfig(StrictModel):
+    """Ray Serve autoscaling for one model's engine replicas."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest engine replicas; 0 lets the model scale to zero when idle.")
+    max_replicas: int = Field(1, ge=1, description="Most engine replicas the autoscaler may start.")
+    initial_replicas: Optional[int] = Field(
+        None, ge=0, description="Replicas started at deploy time; defaults to min_replicas (at least 1 when min is 0)."
+    )
+    target_ongoing_requests: float = Field(
+        16, gt=0, description="Requests in flight per replica that the autoscaler aims for; more scales up."
+    )
+    upscale_delay_s: float = Field(30, ge=0, description="Seconds the load must stay high before adding a replica.")
+    downscale_delay_s: float = Field(
+        600, ge=0, description="Seconds the load must stay low before removing a replica (engines are slow to start)."
+    )
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> "AutoscalingConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is greater than max_replicas ({self.max_replicas}); "
+                "raise max_replicas or lower min_replicas"
+            )
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError(
+                f"initial_replicas ({self.initial_replicas}) must lie between min_replicas "
+                f"({self.min_replicas}) and max_replicas ({self.max_replicas})"
+            )
+        return self
+
+    def to_serve(self) -> Dict[str, Any]:
+        config = self.model_dump(exclude_none=True)
+        if self.min_replicas == 0 and self.initial_replicas is None:
+            # Start one replica so a fresh deploy is ready to answer; it scales to zero when idle.
+            config["initial_replicas"] = 1
+        return config
+
+
+class ModelConfig(StrictModel):
+    """One model served behind the gateway; the key under `models` is its public name."""
+
+    source: str = Field(
+        ...,
+        min_length=1,
+        description=(
+            "Where the weights come from: a Hugging Face id (org/name), an s3:// or gs:// URI, a path "
+            "on a mounted volume, or builtin://tiny-chat / builtin://all-minilm-l6-v2 (made offline)."
+        ),
+    )
+    revision: Optional[str] = Field(None, description="Hugging Face revision (commit, tag or branch) to pin.")
+    task: Literal["generate", "embed"] = Field(
+        "generate", description="generate: chat and completions; embed: /v1/embeddings (vLLM pooling runner)."
+    )
+    device: Literal["gpu", "cpu"] = Field("gpu", description="Run the engine on GPUs or on the CPU (vLLM CPU build).")
+    accelerator_type: Optional[str] = Field(
+        None, description="GPU type the replica must land on (Ray accelerator type, e.g. L40S, A10G, H100)."
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, le=16, description="GPUs one engine spans; one placement-group bundle is reserved per GPU."
+    )
+    max_model_len: Optional[int] = Field(None, ge=16, description="Longest prompt plus completion, in tokens.")
+    engine_kwargs: Dict[str, Any] = Field(
+        default_factory=dict, description="Further vLLM engine arguments, passed through as-is."
+    )
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests one engine replica takes at once; more wait in the queue (back-pressure)."
+    )
+    max_queued_requests: int = Field(
+        -1, ge=-1, description="Requests that may wait for a replica before new ones get 503; -1 means no bound."
+    )
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Replica autoscaling.")
+    stream_batching_interval_ms: float = Field(
+        0,
+        ge=0,
+        description="Ray Serve LLM's stream batching window; 0 sends each token as it comes (lowest latency).",
+    )
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _engine_kwargs_not_owned(cls, value: Dict[str, Any]) -> Dict[str, Any]:
+        for key, owner in ENGINE_KWARGS_OWNED_BY_APP.items():
+            if key in value:
+                raise ValueError(f"engine_kwargs.{key} is set by the app; set {owner} instead")
+        return value
+
+    @model_validator(mode="after")
+    def _device_rules(self) -> "ModelConfig":
+        if self.device == "cpu":
+            if self.accelerator_type is not None:
+                raise ValueError("accelerator_type applies to GPUs; remove it or set device: gpu")
+            if self.tensor_parallel_size != 1:
+                raise ValueError("tensor_parallel_size must be 1 with device: cpu")
+        return self
+
+
+class ApiKeysConfig(StrictModel):
+    """Where API keys come from. Each source holds a YAML or JSON document `{keys: [...]}`."""
+
+    file: Optional[str] = Field(None, description="Path of a keys file, typically a mounted Secret.")
+    env: Optional[str] = Field(None, description="Name of an environment variable holding the keys document.")
+
+
+class AuthConfig(StrictModel):
+    """API-key authentication (`Authorization: Bearer <key>`)."""
+
+    mode: Literal["api_key", "none"] = Field("api_key", description="api_key requires a key on every API request.")
+    api_keys: ApiKeysConfig = Field(default_factory=ApiKeysConfig, description="Where the keys are read from.")
+
+    @model_validator(mode="after")
+    def _keys_have_a_source(self) -> "AuthConfig":
+        if self.mode == "api_key" and not (self.api_keys.file or self.api_keys.env):
+            raise ValueError(
+                "auth.mode is api_key but no keys source is set; set auth.api_keys.file or "
+                "auth.api_keys.env, or set auth.mode: none"
+            )
+        return self
+
+
+class IngressConfig(StrictModel):
+    """The gateway replicas that front all models (used when more than one model is served)."""
+
+    min_replicas: int = Field(1, ge=1, description="Fewest gateway replicas.")
+    max_replicas: int = Field(2, ge=1, description="Most gateway replicas.")
+    max_ongoing_requests: int = Field(1024, ge=1, description="Requests one gateway replica takes at once.")
+    target_ongoing_requests: float = Field(256, gt=0, description="Per-replica load the autoscaler aims for.")
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> "IngressConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("ingress.min_replicas is greater than ingress.max_replicas")
+        return self
+
+
+class GatewayConfig(StrictModel):
+    """What the gateway adds in front of Ray Serve LLM: auth, CORS, request limits, topology."""
+
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API-key authentication.")
+    cors_allow_origins: List[str] = Field(
+        default_factory=list, description="Origins browsers may call from; none by default."
+    )
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
+    )
+    direct_streaming: Literal["auto", "off"] = Field(
+        "auto",
+        description=(
+            "auto: with exactly one model and Ray started with HAProxy, the engine replica itself is "
+            "the ingress (fastest path); off: always route through the gateway deployment."
+        ),
+    )
+    ingress: IngressConfig = Field(default_factory=IngressConfig, description="Gateway deployment sizing.")
+
+
+class AppConfig(StrictModel):
+    """Arguments of `llm_serving.app:build_app` (the RayService serveConfigV2 `args`)."""
+
+    models: Dict[str, ModelConfig] = Field(..., min_length=1, description="Models keyed by their public name.")
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="Gateway settings.")
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: Dict[str, ModelConfig]) -> Dict[str, ModelConfig]:
+        for name in value:
+            if not re.match(MODEL_NAME_PATTERN, name):
+                raise ValueError(
+                    f"model name {name!r} is not allowed; use letters, digits and . _ / : - "
+                    "(starting with a letter or digit, at most 128 characters)"
+                )
+        return value
+
+    def on_local_cpu(self) -> "AppConfig":
+        """The same app with GPU-only settings overridden, for running a GPU profile on a laptop."""
+        models = {
+            name: model.model_copy(
+                update={"device": "cpu", "accelerator_type": None, "tensor_parallel_size": 1}
+            )
+            for name, model in self.models.items()
+        }
+        return self.model_copy(update={"models": models})
+
+
+class ConfigError(ValueError):
+    """Raised for invalid app args; the message names each bad key and how to fix it."""
+
+
+def format_validation_error(error: ValidationError, root: str = "args") -> str:
+    lines = [f"invalid llm-serving app config ({error.error_count()} problem(s)):"]
+    for item in error.errors():
+        location = ".".join(str(part) for part in (root, *item["loc"]))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key; check the spelling against the documented keys"
+        lines.append(f"  - {location}: {message}")
+    return "\n".join(lines)
+
+
+def parse_app_config(args: Dict[str, Any]) -> AppConfig:
+    """Validate raw args (from serveConfigV2 or a profile) into an AppConfig or raise ConfigError."""
+    try:
+        return AppConfig.model_validate(args)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error)) from None

@@ -1,0 +1,114 @@
+"""`llm-serving serve [CONFIG]`: run the app on a local Ray, the embedded default of the project."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from llm_serving.config import ConfigError, parse_app_config
+from llm_serving.config_files import ConfigFileError, find_default_profile, load_app_args
+
+APP_NAME = "llm-serving"
+
+# Ray Serve's fast path (see the README's performance section): throughput-optimized Serve,
+# HAProxy in front and, with one model, the engine replica as the ingress. Set only where the
+# user has not chosen otherwise, before Ray starts, so every Ray process inherits them.
+FAST_PATH_ENVIRONMENT = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
+}
+CPU_ENGINE_ENVIRONMENT = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB of KV cache per CPU engine
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-serving", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a profile on a local Ray until Ctrl-C")
+    serve.add_argument(
+        "config",
+        nargs="?",
+        type=Path,
+        help="values profile, Serve config or app args (default: values/dev-cpu.yaml)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument(
+        "--on-cpu", action="store_true", help="override GPU-only settings to run a GPU profile on the CPU"
+    )
+    serve.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for Ray (default: max(8, 4 per model))")
+    check = commands.add_parser("check", help="validate a config file and print the models it serves")
+    check.add_argument("config", type=Path)
+    return parser
+
+
+def _load(path: Optional[Path], on_cpu: bool):
+    if path is None:
+        path = find_default_profile()
+        if path is None:
+            raise ConfigFileError("no config given and values/dev-cpu.yaml not found; pass a config file")
+    config = parse_app_config(load_app_args(path))
+    return path, (config.on_local_cpu() if on_cpu else config)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    path, config = _load(args.config, args.on_cpu)
+    for key, value in FAST_PATH_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    if any(model.device == "cpu" for model in config.models.values()):
+        for key, value in CPU_ENGINE_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
+
+    import ray
+    from ray import serve
+
+    from llm_serving.app import build_app
+
+    # More logical CPUs than cores: each CPU engine holds a bundle, and the gateway and Serve's own
+    # actors still need room to be scheduled.
+    num_cpus = args.num_cpus or max(8, 4 * len(config.models))
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop the same way as Ctrl-C
+    ray.init(num_cpus=num_cpus)
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        print(f"llm-serving: deploying {path} (models: {', '.join(config.models)})", flush=True)
+        serve.run(build_app(config.model_dump()), name=APP_NAME, route_prefix="/")
+        url = f"http://{args.host}:{args.port}"
+        print(f"llm-serving: ready at {url}/v1 (OpenAI-compatible; probes at {url}/healthz, {url}/readyz)", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("llm-serving: stopping", flush=True)
+        return 0
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _check(args: argparse.Namespace) -> int:
+    _, config = _load(args.config, on_cpu=False)
+    for name, model in config.models.items():
+        print(f"{name}: {model.task} {model.source} on {model.device} (tp={model.tensor_parallel_size})")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _serve(args) if args.command == "serve" else _check(args)
+    except (ConfigError, ConfigFileError) as error:
+        print(f"llm-serving: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

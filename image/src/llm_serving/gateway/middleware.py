@@ -1,0 +1,253 @@
+"""The gateway as plain ASGI middleware, so the same code wraps either ingress.
+
+- Multi-model: it wraps the FastAPI app of our OpenAiIngress subclass (one hop to the engines).
+- One model with direct streaming: it wraps vLLM's own app inside the engine replica, so auth and
+  errors cost no extra hop and the fast path stays fast.
+
+Order of checks: health endpoints (no auth), size limit (413), auth (401), JSON body and `model`
+(400), unknown model (404), key not allowed for the model (403), model not ready (503).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Awaitable, Callable, Dict, List, Optional
+
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llm_serving.config import GatewayConfig
+from llm_serving.gateway.api_keys import ApiKey, ApiKeyStore, bearer_token
+from llm_serving.gateway.errors import GatewayError, openai_error_from_body, send_json
+
+LIVENESS_PATH = "/healthz"
+READINESS_PATH = "/readyz"
+# Paths any caller may reach: our probes and vLLM's own health check.
+UNAUTHENTICATED_PATHS = {LIVENESS_PATH, READINESS_PATH, "/health"}
+RETRY_AFTER_NOT_READY_S = 5
+
+ReadinessCheck = Callable[[], Dict[str, bool]]
+
+
+class GatewayMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        model_names: List[str],
+        max_request_bytes: int,
+        key_store: Optional[ApiKeyStore],
+        readiness: Optional[ReadinessCheck] = None,
+    ):
+        self.app = app
+        self.model_names = sorted(model_names)
+        self.max_request_bytes = max_request_bytes
+        self.key_store = key_store
+        # None means "ready whenever this code runs" (direct streaming: the replica serves only once
+        # its engine is up).
+        self.readiness = readiness
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            path = scope["path"]
+            if path == LIVENESS_PATH:
+                await send_json(send, 200, b'{"status":"ok"}')
+                return
+            if path == READINESS_PATH:
+                await self._send_readiness(send)
+                return
+            api_key = self._authenticate(scope) if path not in UNAUTHENTICATED_PATHS else None
+            if scope["method"] == "POST" and _is_json(scope):
+                body = await self._read_body(scope, receive)
+                self._check_model(body, api_key)
+                receive = _replay(body, receive)
+        except GatewayError as error:
+            await error.send(send)
+            return
+        await self.app(scope, receive, _normalized_responses(send))
+
+    async def _send_readiness(self, send: Send) -> None:
+        states = self.readiness() if self.readiness else {name: True for name in self.model_names}
+        not_ready = sorted(name for name, ready in states.items() if not ready)
+        body = json.dumps({"ready": not not_ready, "models": states}).encode()
+        headers = [(b"retry-after", str(RETRY_AFTER_NOT_READY_S).encode())] if not_ready else []
+        await send_json(send, 503 if not_ready else 200, body, headers)
+
+    def _authenticate(self, scope: Scope) -> Optional[ApiKey]:
+        if self.key_store is None:
+            return None
+        token = bearer_token(_header(scope, b"authorization"))
+        if token is None:
+            raise GatewayError(
+                401,
+                "Missing API key. Send it as `Authorization: Bearer <key>`.",
+                code="missing_api_key",
+                headers=[(b"www-authenticate", b"Bearer")],
+            )
+        api_key = self.key_store.authenticate(token)
+        if api_key is None:
+            raise GatewayError(
+                401, "Incorrect API key provided.", code="invalid_api_key", headers=[(b"www-authenticate", b"Bearer")]
+            )
+        return api_key
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
+            raise _too_large(self.max_request_bytes)
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_request_bytes:
+                raise _too_large(self.max_request_bytes)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    def _check_model(self, body: bytes, api_key: Optional[ApiKey]) -> None:
+        try:
+            payload = json.loads(body) if body else None
+        except (ValueError, UnicodeDecodeError) as error:
+            raise GatewayError(400, f"Request body is not valid JSON: {error}", code="invalid_json") from None
+        if not isinstance(payload, dict):
+            raise GatewayError(400, "Request body must be a JSON object.", code="invalid_json")
+        model = payload.get("model")
+        if model is None:
+            if len(self.model_names) > 1:
+                raise GatewayError(
+                    400,
+                    f"`model` is required when several models are served; choose one of: {self._visible(api_key)}.",
+                    code="missing_model",
+                    param="model",
+                )
+            model = self.model_names[0]
+        if not isinstance(model, str):
+            raise GatewayError(400, "`model` must be a string.", code="invalid_type", param="model")
+        if model not in self.model_names:
+            raise GatewayError(
+                404,
+                f"The model `{model}` does not exist. Available models: {self._visible(api_key)}.",
+                code="model_not_found",
+                param="model",
+            )
+        if api_key is not None and not api_key.may_use(model):
+            raise GatewayError(
+                403,
+                f"This API key ({api_key.name}) may not use model `{model}`. "
+                f"Allowed models: {self._visible(api_key)}.",
+                code="model_not_allowed",
+                param="model",
+            )
+        if self.readiness is not None and not self.readiness().get(model, False):
+            raise GatewayError(
+                503,
+                f"The model `{model}` is starting and not ready yet; retry after {RETRY_AFTER_NOT_READY_S} s.",
+                code="model_not_ready",
+                headers=[(b"retry-after", str(RETRY_AFTER_NOT_READY_S).encode())],
+            )
+
+    def _visible(self, api_key: Optional[ApiKey]) -> str:
+        names = [n for n in self.model_names if api_key is None or api_key.may_use(n)]
+        return ", ".join(names) if names else "(none for this key)"
+
+
+def with_cors(app: ASGIApp, allow_origins: List[str]) -> ASGIApp:
+    """Our CORS policy, outermost. With no origins it still answers (and refuses) preflights, so
+    the permissive CORS that vLLM and Ray Serve LLM install inside never takes effect."""
+    return CORSMiddleware(
+        app,
+        allow_origins=allow_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["authorization", "content-type", "x-request-id", "x-session-id"],
+        max_age=600,
+    )
+
+
+def key_store_for(config: GatewayConfig) -> Optional[ApiKeyStore]:
+    """The configured keys, or None when auth is off. Raises KeysFileError naming the bad source."""
+    return ApiKeyStore.from_config(config.auth.api_keys) if config.auth.mode == "api_key" else None
+
+
+def build_gateway(
+    app: ASGIApp,
+    config: GatewayConfig,
+    model_names: List[str],
+    key_store: Optional[ApiKeyStore],
+    readiness: Optional[ReadinessCheck] = None,
+) -> ASGIApp:
+    gateway = GatewayMiddleware(
+        app,
+        model_names=model_names,
+        max_request_bytes=config.max_request_bytes,
+        key_store=key_store,
+        readiness=readiness,
+    )
+    return with_cors(gateway, config.cors_allow_origins)
+
+
+def _header(scope: Scope, name: bytes) -> Optional[str]:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _is_json(scope: Scope) -> bool:
+    content_type = _header(scope, b"content-type")
+    return content_type is None or content_type.split(";")[0].strip().lower() in ("application/json", "")
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large"
+    )
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the already-read body on once, then defers to the client's stream."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _normalized_responses(send: Send) -> Callable[[Message], Awaitable[None]]:
+    """Pass responses on, dropping the inner apps' CORS headers (our policy is the outer one) and
+    rewriting their JSON error bodies into OpenAI's shape."""
+    error_status = 0
+    buffered: List[bytes] = []
+
+    async def normalized(message: Message) -> None:
+        nonlocal error_status
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if not k.lower().startswith(b"access-control-")]
+            if message["status"] >= 400 and (b"content-type", b"application/json") in headers:
+                # Hold the start until the body is rewritten: its length changes.
+                error_status = message["status"]
+                return
+            await send({**message, "headers": headers})
+            return
+        if error_status and message["type"] == "http.response.body":
+            buffered.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            await send_json(send, error_status, openai_error_from_body(error_status, b"".join(buffered)))
+            return
+        await send(message)
+
+    return normalized

@@ -1,0 +1,34 @@
+"""The engine replica: Ray Serve LLM's LLMServer, extended at its `server_cls` seam."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from ray.llm._internal.serve.core.server.llm_server import LLMServer
+
+from llm_serving.builtin_models import resolve_model_source
+from llm_serving.config import GatewayConfig
+from llm_serving.gateway.middleware import build_gateway, key_store_for
+
+
+class GatewayLLMServer(LLMServer):
+    """LLMServer that resolves `builtin://` sources on the node that loads the weights and, when it
+    is the ingress itself (direct streaming, one model), wraps vLLM's app in the gateway."""
+
+    async def __init__(self, llm_config, *, gateway: Optional[Dict[str, Any]] = None, **kwargs):
+        source = llm_config.model_loading_config.model_source
+        if isinstance(source, str):
+            llm_config = llm_config.model_copy(deep=True)
+            llm_config.model_loading_config.model_source = resolve_model_source(source)
+            # The engine config was cached (by the builder) with the unresolved source.
+            llm_config._engine_config = None
+        self._gateway_config = GatewayConfig.model_validate(gateway) if gateway is not None else None
+        # Read the keys before the engine loads, so a missing Secret fails the replica at once.
+        self._key_store = key_store_for(self._gateway_config) if self._gateway_config else None
+        await super().__init__(llm_config, **kwargs)
+
+    async def __serve_build_asgi_app__(self):
+        app = await super().__serve_build_asgi_app__()
+        if self._gateway_config is None:
+            return app
+        return build_gateway(app, self._gateway_config, [self._llm_config.model_id], self._key_store)
