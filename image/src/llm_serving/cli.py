@@ -67,16 +67,22 @@ def _serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from llm_serving.app import build_app
+    from llm_serving.app import build_app, uses_direct_streaming
 
     # More logical CPUs than cores: each CPU engine holds a bundle, and the gateway and Serve's own
     # actors still need room to be scheduled.
     num_cpus = args.num_cpus or max(8, 4 * len(config.models))
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop the same way as Ctrl-C
-    ray.init(num_cpus=num_cpus)
+    # address=local: always a fresh cluster of our own, never one that happens to be running.
+    ray.init(address="local", num_cpus=num_cpus)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        print(f"llm-serving: deploying {path} (models: {', '.join(config.models)})", flush=True)
+        topology = (
+            "direct streaming: the engine replica is the ingress"
+            if uses_direct_streaming(config)
+            else "gateway deployment in front of the engines"
+        )
+        print(f"llm-serving: deploying {path} (models: {', '.join(config.models)}; {topology})", flush=True)
         serve.run(build_app(config.model_dump()), name=APP_NAME, route_prefix="/")
         url = f"http://{args.host}:{args.port}"
         print(f"llm-serving: ready at {url}/v1 (OpenAI-compatible; probes at {url}/healthz, {url}/readyz)", flush=True)

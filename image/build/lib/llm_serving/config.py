@@ -142,15 +142,6 @@ class AuthConfig(StrictModel):
     mode: Literal["api_key", "none"] = Field("api_key", description="api_key requires a key on every API request.")
     api_keys: ApiKeysConfig = Field(default_factory=ApiKeysConfig, description="Where the keys are read from.")
 
-    @model_validator(mode="after")
-    def _keys_have_a_source(self) -> "AuthConfig":
-        if self.mode == "api_key" and not (self.api_keys.file or self.api_keys.env):
-            raise ValueError(
-                "auth.mode is api_key but no keys source is set; set auth.api_keys.file or "
-                "auth.api_keys.env, or set auth.mode: none"
-            )
-        return self
-
 
 class IngressConfig(StrictModel):
     """The gateway replicas that front all models (used when more than one model is served)."""
@@ -203,6 +194,16 @@ class AppConfig(StrictModel):
                     "(starting with a letter or digit, at most 128 characters)"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _keys_have_a_source(self) -> "AppConfig":
+        auth = self.gateway.auth
+        if auth.mode == "api_key" and not (auth.api_keys.file or auth.api_keys.env):
+            raise ValueError(
+                "gateway.auth.mode is api_key (the default) but no keys source is set; set "
+                "gateway.auth.api_keys.file or gateway.auth.api_keys.env, or set gateway.auth.mode: none"
+            )
+        return self
 
     def on_local_cpu(self) -> "AppConfig":
         """The same app with GPU-only settings overridden, for running a GPU profile on a laptop."""

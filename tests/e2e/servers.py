@@ -1,0 +1,96 @@
+"""Start the real app with the real command (`llm-serving serve`) and wait until it is ready."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+LLM_SERVING = Path(sys.executable).parent / "llm-serving"
+STARTUP_TIMEOUT_S = 900
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class StartupObservation:
+    """A response seen while the app was starting (status, headers, body)."""
+
+    status: int
+    headers: Dict[str, str]
+    body: str
+
+
+@dataclass
+class RunningApp:
+    base_url: str
+    process: subprocess.Popen
+    log_path: Path
+    startup: List[StartupObservation] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_app(config_path: Path, log_path: Path, probe_request: Optional[dict] = None,
+              probe_headers: Optional[dict] = None, env: Optional[dict] = None) -> RunningApp:
+    """Run `llm-serving serve CONFIG` and return once it prints that it is ready.
+
+    While it starts, `probe_request` (a JSON body for /v1/chat/completions) is sent every half
+    second and each answer is kept, so tests can check what clients see before models are ready.
+    """
+    port = free_port()
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        [str(LLM_SERVING), "serve", str(config_path), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,  # our own process group: a hard kill takes Ray's children too
+    )
+    app = RunningApp(base_url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    with httpx.Client(timeout=5) as client:
+        while "ready at" not in log_path.read_text(errors="replace"):
+            if process.poll() is not None:
+                raise RuntimeError(f"llm-serving exited with {process.returncode} while starting:\n{app.log_tail()}")
+            if time.monotonic() > deadline:
+                app.stop()
+                raise RuntimeError(f"llm-serving was not ready after {STARTUP_TIMEOUT_S} s:\n{app.log_tail()}")
+            if probe_request is not None:
+                try:
+                    response = client.post(f"{app.api_url}/chat/completions", json=probe_request,
+                                           headers=probe_headers or {})
+                    app.startup.append(StartupObservation(response.status_code, dict(response.headers), response.text))
+                except httpx.HTTPError:
+                    pass  # not listening yet
+            time.sleep(0.5)
+    return app
