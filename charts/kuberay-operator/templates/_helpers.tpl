@@ -1,0 +1,421 @@
+{{/*
+Helpers of the kuberay-operator chart. Names and labels are computed here and nowhere else.
+*/}}
+
+{{/*
+The chart name (nameOverride wins), at most 63 characters.
+Usage: {{ include "kuberay-operator.chart.name" . }}
+*/}}
+{{- define "kuberay-operator.chart.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The full name prefix of every object: fullnameOverride, else the release name when it already
+contains the chart name, else "<release>-<chart>"; truncated to 63 characters, no trailing "-".
+Usage: {{ include "kuberay-operator.chart.fullname" . }}
+*/}}
+{{- define "kuberay-operator.chart.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "kuberay-operator.chart.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Labels every object carries: the recommended app.kubernetes.io set plus commonLabels.
+Usage: {{ include "kuberay-operator.chart.labels" . }}
+*/}}
+{{- define "kuberay-operator.chart.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "kuberay-operator.chart.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ include "kuberay-operator.operator.version" . | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kuberay
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Whether an API group/version is served: what Helm discovered, or listed in assumeApiVersions (for
+offline rendering). Prints "true" or nothing.
+Usage: {{ if include "kuberay-operator.capabilities.has" (dict "ctx" $ "api" "monitoring.coreos.com/v1") }}
+*/}}
+{{- define "kuberay-operator.capabilities.has" -}}
+{{- if or (.ctx.Capabilities.APIVersions.Has .api) (has .api .ctx.Values.assumeApiVersions) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+The KubeRay release the chart runs: image.tag, else the chart's appVersion. The image tag and the CRD
+download URL both come from here, so they cannot disagree.
+Usage: {{ include "kuberay-operator.operator.version" . }}
+*/}}
+{{- define "kuberay-operator.operator.version" -}}
+{{- default .Chart.AppVersion .Values.image.tag -}}
+{{- end -}}
+
+{{/*
+Selector labels of the operator pods: immutable, never user labels.
+Usage: {{ include "kuberay-operator.operator.selectorLabels" . }}
+*/}}
+{{- define "kuberay-operator.operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kuberay-operator.chart.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/*
+Labels of the operator's objects.
+Usage: {{ include "kuberay-operator.operator.labels" . }}
+*/}}
+{{- define "kuberay-operator.operator.labels" -}}
+{{ include "kuberay-operator.chart.labels" . }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/*
+Name of the operator's ServiceAccount.
+Usage: {{ include "kuberay-operator.operator.serviceAccountName" . }}
+*/}}
+{{- define "kuberay-operator.operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kuberay-operator.chart.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Name of the operator's ClusterRole and ClusterRoleBinding. Cluster-scoped, so it carries the release
+namespace: two releases of the same name in two namespaces do not collide.
+Usage: {{ include "kuberay-operator.operator.clusterRoleName" . }}
+*/}}
+{{- define "kuberay-operator.operator.clusterRoleName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "kuberay-operator.chart.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Name of the leader-election Role and RoleBinding.
+Usage: {{ include "kuberay-operator.operator.leaderElectionName" . }}
+*/}}
+{{- define "kuberay-operator.operator.leaderElectionName" -}}
+{{- printf "%s-leader-election" (include "kuberay-operator.chart.fullname" . | trunc 47 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/*
+An image reference "registry/repository:tag", with "@digest" when a digest is set.
+Usage: {{ include "kuberay-operator.chart.image" (dict "image" .Values.crds.kubectl "tag" "v1.34.5") }}
+*/}}
+{{- define "kuberay-operator.chart.image" -}}
+{{- $ref := printf "%s/%s:%s" .image.registry .image.repository .tag -}}
+{{- if .image.digest -}}
+{{- $ref = printf "%s@%s" $ref .image.digest -}}
+{{- end -}}
+{{- $ref -}}
+{{- end -}}
+
+{{/*
+The operator image.
+Usage: {{ include "kuberay-operator.operator.image" . }}
+*/}}
+{{- define "kuberay-operator.operator.image" -}}
+{{- include "kuberay-operator.chart.image" (dict "image" .Values.image "tag" (include "kuberay-operator.operator.version" .)) -}}
+{{- end -}}
+
+{{/*
+The --feature-gates value: "Name=true,Other=false", sorted by name.
+Usage: {{ include "kuberay-operator.operator.featureGates" . }}
+*/}}
+{{- define "kuberay-operator.operator.featureGates" -}}
+{{- $gates := list -}}
+{{- range $name, $enabled := .Values.featureGates -}}
+{{- $gates = append $gates (printf "%s=%t" $name $enabled) -}}
+{{- end -}}
+{{- join "," $gates -}}
+{{- end -}}
+
+{{/*
+The operator's command-line arguments, one list item per flag.
+Usage: {{ include "kuberay-operator.operator.args" . | nindent 12 }}
+*/}}
+{{- define "kuberay-operator.operator.args" -}}
+- --metrics-addr={{ ternary ":8080" "0" .Values.metrics.enabled }}
+- --enable-metrics={{ .Values.metrics.enabled }}
+- --health-probe-bind-address=:8082
+- --enable-leader-election={{ .Values.leaderElection.enabled }}
+{{- with .Values.leaderElection.namespace }}
+- --leader-election-namespace={{ . }}
+{{- end }}
+{{- with .Values.watchNamespaces }}
+- --watch-namespace={{ join "," . }}
+{{- end }}
+- --reconcile-concurrency={{ .Values.reconcileConcurrency }}
+- --qps={{ .Values.kubeClient.qps }}
+- --burst={{ .Values.kubeClient.burst }}
+- --log-stdout-encoder={{ .Values.logging.stdoutEncoder }}
+- --zap-log-level={{ .Values.logging.level }}
+{{- with .Values.batchScheduler }}
+- --batch-scheduler={{ . }}
+{{- end }}
+- --feature-gates={{ include "kuberay-operator.operator.featureGates" . }}
+{{- range .Values.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The RBAC rules the operator needs (ray-operator/config/rbac/role.yaml at the pinned release), plus
+the batch-scheduler and KubernetesWAS rules when those are on. Rendered into a ClusterRole or Roles.
+Usage: {{ include "kuberay-operator.operator.rules" . | nindent 2 }}
+*/}}
+{{- define "kuberay-operator.operator.rules" -}}
+- apiGroups: [""]
+  resources: [persistentvolumeclaims, pods/status, services]
+  verbs: [create, delete, get, list, patch, update, watch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [create, delete, deletecollection, get, list, patch, update, watch]
+- apiGroups: [""]
+  resources: [pods/proxy, services/status]
+  verbs: [get, patch, update]
+- apiGroups: [""]
+  resources: [pods/resize]
+  verbs: [patch]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create, delete, get, list, update, watch]
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [create, delete, get, list, watch]
+- apiGroups: [""]
+  resources: [services/proxy]
+  verbs: [create, get, patch, update]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [create, delete, get, list, patch, update, watch]
+- apiGroups: [cert-manager.io]
+  resources: [certificates]
+  verbs: [create, get, list, update, watch]
+- apiGroups: [cert-manager.io]
+  resources: [certificates/status]
+  verbs: [get]
+- apiGroups: [cert-manager.io]
+  resources: [issuers]
+  verbs: [create, get, list, watch]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [create, get, list, update]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [extensions, networking.k8s.io]
+  resources: [ingresses]
+  verbs: [create, delete, get, list, patch, update, watch]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [gateways, httproutes]
+  verbs: [create, delete, get, list, update, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [ingressclasses]
+  verbs: [get, list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, delete, get, list, update, watch]
+- apiGroups: [ray.io]
+  resources: [rayclusters, raycronjobs, rayjobs, rayservices]
+  verbs: [create, delete, get, list, patch, update, watch]
+- apiGroups: [ray.io]
+  resources: [rayclusters/finalizers, raycronjobs/finalizers, rayjobs/finalizers, rayservices/finalizers]
+  verbs: [update]
+- apiGroups: [ray.io]
+  resources: [rayclusters/status, raycronjobs/status, rayjobs/status, rayservices/status]
+  verbs: [get, patch, update]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [rolebindings]
+  verbs: [create, delete, get, list, watch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles]
+  verbs: [create, delete, get, list, update, watch]
+- apiGroups: [route.openshift.io]
+  resources: [routes]
+  verbs: [create, delete, get, list, patch, update, watch]
+{{- if .Values.featureGates.KubernetesWAS }}
+- apiGroups: [scheduling.k8s.io]
+  resources: [podgroups, workloads]
+  verbs: [create, delete, get, list, patch, update, watch]
+{{- end }}
+{{- if eq .Values.batchScheduler "volcano" }}
+- apiGroups: [scheduling.volcano.sh]
+  resources: [podgroups]
+  verbs: [create, delete, get, list, update, watch]
+{{- end }}
+{{- if eq .Values.batchScheduler "scheduler-plugins" }}
+- apiGroups: [scheduling.x-k8s.io]
+  resources: [podgroups]
+  verbs: [create, get, list, watch]
+{{- end }}
+{{- end -}}
+
+{{/*
+Labels of the metrics Service (the ServiceMonitor selects on the selector part).
+Usage: {{ include "kuberay-operator.metrics.labels" . }}
+*/}}
+{{- define "kuberay-operator.metrics.labels" -}}
+{{ include "kuberay-operator.chart.labels" . }}
+app.kubernetes.io/component: metrics
+{{- end -}}
+
+{{/*
+Selector labels of the metrics Service, for the ServiceMonitor.
+Usage: {{ include "kuberay-operator.metrics.selectorLabels" . }}
+*/}}
+{{- define "kuberay-operator.metrics.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kuberay-operator.chart.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: metrics
+{{- end -}}
+
+{{/*
+Name of the metrics Service and ServiceMonitor.
+Usage: {{ include "kuberay-operator.metrics.name" . }}
+*/}}
+{{- define "kuberay-operator.metrics.name" -}}
+{{- printf "%s-metrics" (include "kuberay-operator.chart.fullname" . | trunc 55 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/*
+Name of the CRD hook objects (Job, ServiceAccount, ClusterRole, ClusterRoleBinding). The ClusterRole
+and its binding are cluster-scoped, so the name carries the release namespace to stay unique.
+Usage: {{ include "kuberay-operator.crds.name" . }}
+*/}}
+{{- define "kuberay-operator.crds.name" -}}
+{{- printf "%s-crds" (include "kuberay-operator.chart.fullname" . | trunc 58 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/*
+Name of the cluster-scoped CRD hook ClusterRole and ClusterRoleBinding: unique per release namespace.
+Usage: {{ include "kuberay-operator.crds.clusterName" . }}
+*/}}
+{{- define "kuberay-operator.crds.clusterName" -}}
+{{- printf "%s-%s-crds" .Release.Namespace (include "kuberay-operator.chart.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Labels of the CRD hook objects.
+Usage: {{ include "kuberay-operator.crds.labels" . }}
+*/}}
+{{- define "kuberay-operator.crds.labels" -}}
+{{ include "kuberay-operator.chart.labels" . }}
+app.kubernetes.io/component: crds
+{{- end -}}
+
+{{/*
+The ray.io CRDs of the pinned KubeRay release (resource plurals), all served as ray.io/v1.
+Usage: {{ range include "kuberay-operator.crds.plurals" . | fromJsonArray }}
+*/}}
+{{- define "kuberay-operator.crds.plurals" -}}
+{{- list "rayclusters" "rayjobs" "rayservices" "raycronjobs" | toJson -}}
+{{- end -}}
+
+{{/*
+The API version the operator reads and writes; the Job checks that every CRD serves and stores it.
+Usage: {{ include "kuberay-operator.crds.apiVersion" . }}
+*/}}
+{{- define "kuberay-operator.crds.apiVersion" -}}
+v1
+{{- end -}}
+
+{{/*
+The CRD object names ("rayclusters.ray.io", ...), as a JSON list.
+Usage: {{ range include "kuberay-operator.crds.names" . | fromJsonArray }}
+*/}}
+{{- define "kuberay-operator.crds.names" -}}
+{{- $names := list -}}
+{{- range include "kuberay-operator.crds.plurals" . | fromJsonArray -}}
+{{- $names = append $names (printf "%s.ray.io" .) -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
+
+{{/*
+The CRD download URLs: <baseUrl>/<operator version>/ray-operator/config/crd/bases/ray.io_<plural>.yaml.
+Usage: {{ range include "kuberay-operator.crds.urls" . | fromJsonArray }}
+*/}}
+{{- define "kuberay-operator.crds.urls" -}}
+{{- $base := trimSuffix "/" .Values.crds.baseUrl -}}
+{{- $version := include "kuberay-operator.operator.version" . -}}
+{{- $urls := list -}}
+{{- range include "kuberay-operator.crds.plurals" . | fromJsonArray -}}
+{{- $urls = append $urls (printf "%s/%s/ray-operator/config/crd/bases/ray.io_%s.yaml" $base $version .) -}}
+{{- end -}}
+{{- toJson $urls -}}
+{{- end -}}
+
+{{/*
+Hook annotations of the CRD objects: run before install and upgrade, in weight order, replaced on the
+next run and deleted once every hook succeeded (a failed Job stays for its logs).
+Usage: {{ include "kuberay-operator.crds.hookAnnotations" (dict "weight" "-10") | nindent 4 }}
+*/}}
+{{- define "kuberay-operator.crds.hookAnnotations" -}}
+helm.sh/hook: pre-install,pre-upgrade
+helm.sh/hook-weight: {{ .weight | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+{{- end -}}
+
+{{/*
+The kubectl image of the CRD hook Job.
+Usage: {{ include "kuberay-operator.crds.kubectlImage" . }}
+*/}}
+{{- define "kuberay-operator.crds.kubectlImage" -}}
+{{- include "kuberay-operator.chart.image" (dict "image" .Values.crds.kubectl "tag" .Values.crds.kubectl.tag) -}}
+{{- end -}}
+
+{{/*
+What every container of the CRD hook Job shares: env (HOME on the writable /tmp, where kubectl keeps
+its discovery cache), mounts, resources and a locked-down security context.
+Usage: {{ include "kuberay-operator.crds.containerCommon" . | nindent 10 }}
+*/}}
+{{- define "kuberay-operator.crds.containerCommon" -}}
+env:
+  - name: HOME
+    value: /tmp
+  {{- with .Values.crds.env }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+volumeMounts:
+  - name: tmp
+    mountPath: /tmp
+  {{- if eq .Values.crds.source "configMap" }}
+  - name: crds
+    mountPath: /crds
+  - name: crd-source
+    mountPath: /crd-source
+    readOnly: true
+  {{- end }}
+  {{- with .Values.crds.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+resources:
+  {{- toYaml .Values.crds.resources | nindent 2 }}
+securityContext:
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  runAsNonRoot: true
+  capabilities:
+    drop:
+      - ALL
+  seccompProfile:
+    type: RuntimeDefault
+{{- end -}}
