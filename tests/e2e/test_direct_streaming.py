@@ -1,0 +1,66 @@
+"""One model on Ray Serve's fastest path: the engine replica is the ingress (direct streaming via
+HAProxy) and the gateway runs inside it, wrapping vLLM's own app. Same promises as the gateway
+deployment: auth, errors in OpenAI's shape, probes."""
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.e2e.conftest import CHAT_MODEL, FULL_KEY, KEYS_DOCUMENT, dev_cpu_with_keys
+from tests.e2e.servers import start_app
+
+pytestmark = pytest.mark.e2e
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory):
+    work = tmp_path_factory.mktemp("direct")
+    keys_file = work / "api-keys.yaml"
+    keys_file.write_text(yaml.safe_dump(KEYS_DOCUMENT))
+    args = dev_cpu_with_keys(keys_file)
+    args["models"] = {CHAT_MODEL: args["models"][CHAT_MODEL]}
+    config_file = work / "app.yaml"
+    config_file.write_text(yaml.safe_dump(args))
+    app = start_app(config_file, work / "serve.log")
+    yield app
+    assert app.stop() == 0, app.log_tail()
+
+
+def test_runs_on_the_direct_streaming_path(direct):
+    assert "direct streaming: the engine replica is the ingress" in direct.log_path.read_text()
+
+
+def test_chat_and_streaming_through_the_in_replica_gateway(direct):
+    client = openai.OpenAI(base_url=direct.api_url, api_key=FULL_KEY, max_retries=0)
+    plain = client.chat.completions.create(model=CHAT_MODEL, messages=HELLO, max_tokens=6, temperature=0)
+    streamed = client.chat.completions.create(model=CHAT_MODEL, messages=HELLO, max_tokens=6, temperature=0,
+                                              stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+    assert text == plain.choices[0].message.content
+    assert [m.id for m in client.models.list()] == [CHAT_MODEL]
+
+
+def test_auth_and_errors_hold_on_the_fast_path(direct):
+    stranger = openai.OpenAI(base_url=direct.api_url, api_key="sk-not-a-real-key-000000", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        stranger.chat.completions.create(model=CHAT_MODEL, messages=HELLO)
+    client = openai.OpenAI(base_url=direct.api_url, api_key=FULL_KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.chat.completions.create(model="other", messages=HELLO)
+    assert unknown.value.body["message"].endswith(f"Available models: {CHAT_MODEL}.")
+    with pytest.raises(openai.BadRequestError) as invalid:
+        client.chat.completions.create(model=CHAT_MODEL, messages=HELLO, max_tokens=-1)
+    assert set(invalid.value.body) == {"message", "type", "param", "code"}
+    assert invalid.value.body["type"] == "invalid_request_error"
+
+
+def test_probes_and_closed_cors_on_the_fast_path(direct):
+    assert httpx.get(f"{direct.base_url}/healthz").status_code == 200
+    assert httpx.get(f"{direct.base_url}/readyz").json() == {"ready": True, "models": {CHAT_MODEL: True}}
+    preflight = httpx.options(f"{direct.api_url}/chat/completions",
+                              headers={"origin": "https://elsewhere.example", "access-control-request-method": "POST"})
+    assert preflight.status_code == 400
+    assert "access-control-allow-origin" not in preflight.headers
