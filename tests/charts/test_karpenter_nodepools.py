@@ -280,3 +280,28 @@ class TestBadValues:
         with pytest.raises(render.HelmError) as error:
             render_objects(values)
         assert message in str(error.value)
+
+
+class TestProfilesLandOnThesePools:
+    """The shared placement keys, checked end to end: every values/ profile, rendered by the
+    llm-serving chart, selects pools this chart deploys by default and tolerates their taints."""
+
+    DEFAULT_POOLS = {name: pool for name, pool in nodepools(render.render_chart(CHART, values=BASE)).items()}
+
+    @pytest.mark.parametrize("profile", sorted(render.VALUES.glob("*.yaml")), ids=lambda p: p.name)
+    def test_profile(self, profile: Path):
+        objects = render.render_chart("llm-serving", values_files=[profile], namespace="llm")
+        (rayservice,) = render.by_kind(objects, "RayService")
+        cluster = rayservice["spec"]["rayClusterConfig"]
+        for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster.get("workerGroupSpecs", [])]:
+            pool_name = template["spec"].get("nodeSelector", {}).get(PLACEMENT_LABEL)
+            if pool_name is None:  # CPU-only profiles schedule anywhere (kind, laptops)
+                continue
+            assert pool_name in self.DEFAULT_POOLS, f"{profile.name} selects pool {pool_name!r}, not enabled by default"
+            for taint in self.DEFAULT_POOLS[pool_name]["spec"]["template"]["spec"].get("taints", []):
+                tolerated = any(
+                    t.get("key") == taint["key"] and t.get("effect") == taint["effect"]
+                    and (t.get("operator") == "Exists" or t.get("value") == taint["value"])
+                    for t in template["spec"].get("tolerations", [])
+                )
+                assert tolerated, f"{profile.name}: pods on {pool_name} do not tolerate {taint}"
