@@ -4,8 +4,8 @@
 - `app:` comes from the app's own pydantic model, `llm_serving.config.AppConfig.model_json_schema()`,
   so `helm template` rejects what the app would reject (types, enums, bounds, unknown keys). Its
   `$defs` move to the root `$defs` under an `app.` prefix (helm 3.19 resolves local `$ref`s into
-  `$defs`; a nested `$defs` would not be found from `#/$defs/...`). Model names get the app's
-  MODEL_NAME_PATTERN as `propertyNames`.
+  `$defs`; a nested `$defs` would not be found from `#/$defs/...`). Model names must match the
+  app's MODEL_NAME_PATTERN.
 - Everything else comes from the hand-written charts/llm-serving/values.schema.chart.yaml. A key
   without a `description` there takes the `# --` comment of the same key in values.yaml.
 
@@ -59,7 +59,11 @@ def app_schema() -> Tuple[Dict[str, Any], Dict[str, Any]]:
         return node
 
     root = rewrite(schema)
-    root["properties"]["models"]["propertyNames"] = {"pattern": MODEL_NAME_PATTERN}
+    # The app's model-name rule (a validator in pydantic) as a pattern property: helm's message for a
+    # bad name then names the path and the key, which a propertyNames failure does not.
+    models = root["properties"]["models"]
+    models["patternProperties"] = {MODEL_NAME_PATTERN: models.pop("additionalProperties")}
+    models["additionalProperties"] = False
     defs = {APP_DEF_PREFIX + name: rewrite(body) for name, body in definitions.items()}
     return root, defs
 
