@@ -93,9 +93,13 @@ metadata:
   labels:
     {{- include "llm-monitoring.prometheus.labels" (dict "ctx" .ctx "component" (printf "ray-%s" .nodeType)) | nindent 4 }}
 spec:
-  {{- with $values.namespaceSelector }}
+  {{- if $values.namespaceSelector.matchNames }}
   namespaceSelector:
-    {{- toYaml . | nindent 4 }}
+    matchNames:
+      {{- toYaml $values.namespaceSelector.matchNames | nindent 6 }}
+  {{- else if $values.namespaceSelector.any }}
+  namespaceSelector:
+    any: true
   {{- end }}
   selector:
     matchLabels:
@@ -305,4 +309,17 @@ Usage: {{ include "llm-monitoring.dashboards.name" (dict "ctx" $ "dashboard" "ll
 {{- define "llm-monitoring.dashboards.name" -}}
 {{- $prefix := include "llm-monitoring.chart.fullname" .ctx | trunc (int (sub 62 (len .dashboard))) | trimSuffix "-" -}}
 {{- printf "%s-%s" $prefix .dashboard -}}
+{{- end -}}
+
+{{/*
+A Prometheus duration ("30s", "1m30s", "500ms") in seconds, as a float.
+Usage: {{ include "llm-monitoring.chart.durationSeconds" .Values.podMonitors.interval | float64 }}
+*/}}
+{{- define "llm-monitoring.chart.durationSeconds" -}}
+{{- $seconds := dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 "d" 86400.0 "w" 604800.0 "y" 31536000.0 -}}
+{{- $total := 0.0 -}}
+{{- range regexFindAll "[0-9]+(ms|[smhdwy])" . -1 -}}
+{{- $total = addf $total (mulf (regexFind "^[0-9]+" . | float64) (get $seconds (regexReplaceAll "^[0-9]+" . ""))) -}}
+{{- end -}}
+{{- $total -}}
 {{- end -}}
