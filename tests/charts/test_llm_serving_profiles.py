@@ -153,6 +153,9 @@ def test_readme_row_states_the_chart_and_the_gpus(profile):
     cells = [cell.strip() for cell in rows[profile.name].strip("|").split("|")]
     assert cells[1] == "`charts/llm-serving`"
     assert cells[3] == str(gpus_at_rest(profile)), f"{profile.name}: README says {cells[3]} GPUs at rest"
+    groups = load(profile).get("workerGroups", {})
+    most = sum(group.get("gpus", 0) * group["maxReplicas"] for group in groups.values())
+    assert cells[4] == str(most), f"{profile.name}: README says {cells[4]} GPUs at most, the groups allow {most}"
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=profile_id)
