@@ -67,7 +67,10 @@ class TestNetworkPolicy:
             "ray.io/originated-from-cr-name": "test-llm-serving", "ray.io/originated-from-crd": "RayService"}}}]}
         assert operator["ports"] == [{"port": 8265, "protocol": "TCP"}]
         assert operator["from"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}]
-        assert serve == {"ports": [{"port": 8000, "protocol": "TCP"}], "from": peers}
+        test_pod = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "test", "app.kubernetes.io/component": "test"}}}
+        assert serve == {"ports": [{"port": 8000, "protocol": "TCP"}], "from": peers + [test_pod]}
+        without_tests = self.policy({"networkPolicy": {"serveFrom": peers}, "tests": {"enabled": False}})["spec"]["ingress"]
+        assert without_tests[2]["from"] == peers
         assert metrics == {"ports": [{"port": 8080, "protocol": "TCP"}], "from": monitoring}
 
     def test_serve_port_open_to_all_and_no_metrics_rule_by_default(self):
