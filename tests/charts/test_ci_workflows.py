@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.charts import render
-from tests.charts.llm_serving import CHART_DIR, head_pod, ray_container, render_chart
+from tests.charts.llm_serving_chart import CHART_DIR, head_pod, ray_container, render_chart
 
 WORKFLOWS = sorted((render.REPO / ".github" / "workflows").glob("*.y*ml"))
 PINNED = re.compile(r"^\s*(?:-\s+)?uses:\s+(?P<action>[\w.-]+/[\w./-]+)@(?P<ref>\S+)(?P<comment>\s+#\s*(?P<tag>\S+))?\s*$")

@@ -9,7 +9,7 @@ import yaml
 
 from llm_serving.gateway.api_keys import parse_keys_document
 from tests.charts import render
-from tests.charts.llm_serving import CHART_DIR, PROFILES
+from tests.charts.llm_serving_chart import CHART_DIR, PROFILES
 
 CHART_README = (CHART_DIR / "README.md").read_text()
 VALUES_README = (render.VALUES / "README.md").read_text()

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from tests.charts import render
-from tests.charts.llm_serving import CHART_DIR, GPU_VALUES, merged, render_cpu, render_gpu
+from tests.charts.llm_serving_chart import CHART_DIR, GPU_VALUES, merged, render_cpu, render_gpu
 
 HTTP_ROUTE_API = "gateway.networking.k8s.io/v1/HTTPRoute"
 

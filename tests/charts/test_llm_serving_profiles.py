@@ -14,7 +14,7 @@ from ray.serve.schema import ServeDeploySchema
 from llm_serving.app import to_llm_config
 from llm_serving.config import parse_app_config
 from tests.charts import render
-from tests.charts.llm_serving import (
+from tests.charts.llm_serving_chart import (
     CHART_DIR,
     PROFILES,
     app_args,

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.charts import render
-from tests.charts.llm_serving import (
+from tests.charts.llm_serving_chart import (
     CHART_DIR,
     CPU_VALUES,
     GPU_TAINT_TOLERATION,

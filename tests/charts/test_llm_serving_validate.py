@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.charts.llm_serving import CPU_VALUES, GPU_VALUES, helm_error, merged, render_chart, render_cpu
+from tests.charts.llm_serving_chart import CPU_VALUES, GPU_VALUES, helm_error, merged, render_chart, render_cpu
 
 SCHEMA_ERROR = "values don't meet the specifications of the schema(s)"
 

@@ -15,7 +15,7 @@ import yaml
 
 from llm_serving.config import AppConfig, ApiKeysConfig, AutoscalingConfig, GatewayConfig, ModelConfig
 from tests.charts import render
-from tests.charts.llm_serving import CHART_DIR, PROFILES
+from tests.charts.llm_serving_chart import CHART_DIR, PROFILES
 
 REPO = render.REPO
 sys.path.insert(0, str(REPO / "ci"))

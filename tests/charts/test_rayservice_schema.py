@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 from tests.charts import render
-from tests.charts.llm_serving import GPU_VALUES, PROFILES, merged, rayservice, render_chart, render_gpu
+from tests.charts.llm_serving_chart import GPU_VALUES, PROFILES, merged, rayservice, render_chart, render_gpu
 
 PROJECT_SCHEMA_PATH = render.PROJECT_SCHEMAS / "ray.io" / "rayservice_v1.json"
 KUBERNETES_REF = "https://kubernetes.io/api/_definitions.json#"
