@@ -538,6 +538,8 @@ class TestBadValues:
             ({"dashboards": {"sidecarLabels": {"grafana_dashboard": 1}}}, "/dashboards/sidecarLabels/grafana_dashboard"),
             ({"commonLabels": {"app.kubernetes.io/name": "x"}}, 'may not set "app.kubernetes.io/name"'),
             ({"prometheus": {"selectorLabels": {"helm.sh/chart": "x"}}}, 'may not set "helm.sh/chart"'),
+            ({"dashboards": {"sidecarLabels": {"app.kubernetes.io/component": "x"}}}, 'may not set "app.kubernetes.io/component"'),
+            ({"commonLabels": {"release": "kps"}, "prometheus": {"selectorLabels": {"release": "kps"}}}, '"release" is in commonLabels and in'),
             ({"prometheus": {"release": "kps"}}, "additional properties 'release' not allowed"),
         ],
     )
@@ -616,7 +618,7 @@ class TestMetricNamesUsed:
     def test_only_known_sources(self, used):
         prefixes = ("ray_serve_", "ray_vllm_", "ray_llm_serving_", "ray_node_", "ray_cluster_", "kuberay_", "DCGM_FI_")
         assert sorted(name for name in used if not name.startswith(prefixes)) == []
-        # What the brief names for each source is there.
+        # One family of each source the issue asks for is there.
         for name in ("ray_llm_serving_requests_total", "ray_llm_serving_inter_token_latency_ms_bucket",
                      "ray_vllm_num_requests_waiting", "ray_serve_deployment_status", "DCGM_FI_DEV_GPU_UTIL"):
             assert name in used
