@@ -596,6 +596,29 @@ class TestPromqlMetricNames:
         assert mm.grafana_query_metric_names(query) == names
 
 
+def test_dashboard_queries_reads_collapsed_rows_and_both_variable_forms(tmp_path):
+    dashboard = {
+        "panels": [
+            {"id": 1, "type": "row", "title": "r", "collapsed": True,
+             "panels": [{"id": 2, "title": "inner", "targets": [{"refId": "A", "expr": "inner_metric"}]}]},
+            {"id": 3, "title": "outer", "targets": [{"refId": "A", "expr": "outer_metric"}, {"refId": "B"}]},
+        ],
+        "templating": {"list": [
+            {"type": "datasource", "name": "datasource", "query": "prometheus"},
+            {"type": "query", "name": "a", "query": "label_values(string_form, x)"},
+            {"type": "query", "name": "b", "query": {"query": "label_values(object_form, y)", "refId": "b"}},
+        ]},
+    }
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(dashboard))
+    queries = list(mm.dashboard_queries(path))
+    assert [(kind, query) for _, kind, query in queries] == [
+        ("promql", "inner_metric"), ("promql", "outer_metric"),
+        ("grafana-variable", "label_values(string_form, x)"), ("grafana-variable", "label_values(object_form, y)"),
+    ]
+    assert queries[0][0] == "dashboard d.json: panel 2 'inner'"
+
+
 class TestMetricNamesUsed:
     @pytest.fixture(scope="class")
     def used(self) -> Dict[str, set]:
