@@ -25,6 +25,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def haproxy_ports() -> Dict[str, str]:
+    """Ray's HAProxy binds fixed stats and metrics ports by default; free ones let two instances
+    (a test's and a developer's, or two tests') run on one machine."""
+    return {"RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}
+
+
 @dataclass
 class StartupObservation:
     """A response seen while the app was starting (status, headers, body)."""
@@ -37,6 +43,7 @@ class StartupObservation:
 @dataclass
 class RunningApp:
     base_url: str
+    metrics_url: str
     process: subprocess.Popen
     log_path: Path
     startup: List[StartupObservation] = field(default_factory=list)
@@ -66,17 +73,22 @@ def start_app(config_path: Path, log_path: Path, probe_request: Optional[dict] =
     While it starts, `probe_request` (a JSON body for /v1/chat/completions) is sent every half
     second and each answer is kept, so tests can check what clients see before models are ready.
     """
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     log = log_path.open("w")
     process = subprocess.Popen(
-        [str(LLM_SERVING), "serve", str(config_path), "--port", str(port)],
+        [str(LLM_SERVING), "serve", str(config_path), "--port", str(port), "--metrics-port", str(metrics_port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=REPO,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **haproxy_ports(), **(env or {})},
         start_new_session=True,  # our own process group: a hard kill takes Ray's children too
     )
-    app = RunningApp(base_url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    app = RunningApp(
+        base_url=f"http://127.0.0.1:{port}",
+        metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+        process=process,
+        log_path=log_path,
+    )
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     with httpx.Client(timeout=5) as client:
         while "ready at" not in log_path.read_text(errors="replace"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict
 
 from ray import serve
@@ -12,6 +11,7 @@ from ray.llm._internal.serve.core.ingress.builder import (
     _build_openai_ingress_request_router,
 )
 from ray.llm._internal.serve.core.server.builder import build_llm_deployment
+from ray.serve._private.constants import RAY_SERVE_ENABLE_HA_PROXY
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig
 
@@ -62,9 +62,9 @@ def to_llm_config(name: str, model: ModelConfig) -> LLMConfig:
 def uses_direct_streaming(config: AppConfig) -> bool:
     """The engine replica can be the ingress only with one model and Ray's HAProxy in front."""
     return (
-        config.gateway.direct_streaming == "auto"
+        config.gateway.direct_streaming
         and len(config.models) == 1
-        and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+        and RAY_SERVE_ENABLE_HA_PROXY  # as Ray itself read it when it was imported
     )
 
 

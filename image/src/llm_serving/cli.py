@@ -10,14 +10,17 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from llm_serving.config import ConfigError, parse_app_config
 from llm_serving.config_files import ConfigFileError, find_default_profile, load_app_args
+
+# Nothing here imports Ray at module level: Ray reads these variables once, when it is imported,
+# so main() sets them first.
 
 APP_NAME = "llm-serving"
 
 # Ray Serve's fast path (see the README's performance section): throughput-optimized Serve,
 # HAProxy in front and, with one model, the engine replica as the ingress. Set only where the
-# user has not chosen otherwise, before Ray starts, so every Ray process inherits them.
+# user has not chosen otherwise, before Ray is imported or started, so every Ray process
+# (this one included) reads them.
 FAST_PATH_ENVIRONMENT = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -41,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--on-cpu", action="store_true", help="override GPU-only settings to run a GPU profile on the CPU"
     )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port of Ray's Prometheus metrics endpoint, as on a KubeRay pod (default: Ray picks one)",
+    )
     serve.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for Ray (default: max(8, 4 per model))")
     check = commands.add_parser("check", help="validate a config file and print the models it serves")
     check.add_argument("config", type=Path)
@@ -48,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path: Optional[Path], on_cpu: bool):
+    from llm_serving.config import parse_app_config
+
     if path is None:
         path = find_default_profile()
         if path is None:
@@ -58,8 +69,6 @@ def _load(path: Optional[Path], on_cpu: bool):
 
 def _serve(args: argparse.Namespace) -> int:
     path, config = _load(args.config, args.on_cpu)
-    for key, value in FAST_PATH_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
     if any(model.device == "cpu" for model in config.models.values()):
         for key, value in CPU_ENGINE_ENVIRONMENT.items():
             os.environ.setdefault(key, value)
@@ -72,9 +81,12 @@ def _serve(args: argparse.Namespace) -> int:
     # More logical CPUs than cores: each CPU engine holds a bundle, and the gateway and Serve's own
     # actors still need room to be scheduled.
     num_cpus = args.num_cpus or max(8, 4 * len(config.models))
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop the same way as Ctrl-C
     # address=local: always a fresh cluster of our own, never one that happens to be running.
-    ray.init(address="local", num_cpus=num_cpus)
+    ray.init(address="local", num_cpus=num_cpus, _metrics_export_port=args.metrics_port)
+    # After ray.init, which installs its own SIGTERM handler: SIGTERM and SIGINT (even where the
+    # parent shell started us with SIGINT ignored) both stop Serve and Ray cleanly.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         topology = (
@@ -109,6 +121,10 @@ def _check(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    for key, value in FAST_PATH_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    from llm_serving.config import ConfigError
+
     try:
         return _serve(args) if args.command == "serve" else _check(args)
     except (ConfigError, ConfigFileError) as error:

@@ -11,6 +11,10 @@ import re
 from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ray.llm._internal.serve.core.configs.accelerators import AcceleratorType
+
+# The accelerator types Ray Serve LLM accepts, so the chart's schema rejects a typo at `helm template`.
+RayAcceleratorType = Literal[tuple(accelerator.value for accelerator in AcceleratorType)]
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$"
 
@@ -88,7 +92,7 @@ class ModelConfig(StrictModel):
         "generate", description="generate: chat and completions; embed: /v1/embeddings (vLLM pooling runner)."
     )
     device: Literal["gpu", "cpu"] = Field("gpu", description="Run the engine on GPUs or on the CPU (vLLM CPU build).")
-    accelerator_type: Optional[str] = Field(
+    accelerator_type: Optional[RayAcceleratorType] = Field(
         None, description="GPU type the replica must land on (Ray accelerator type, e.g. L40S, A10G, H100)."
     )
     tensor_parallel_size: int = Field(
@@ -168,11 +172,11 @@ class GatewayConfig(StrictModel):
     max_request_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
     )
-    direct_streaming: Literal["auto", "off"] = Field(
-        "auto",
+    direct_streaming: bool = Field(
+        True,
         description=(
-            "auto: with exactly one model and Ray started with HAProxy, the engine replica itself is "
-            "the ingress (fastest path); off: always route through the gateway deployment."
+            "With exactly one model and Ray started with HAProxy, make the engine replica itself the "
+            "ingress (the fastest path); false always routes through the gateway deployment."
         ),
     )
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="Gateway deployment sizing.")

@@ -20,6 +20,7 @@ from ray.llm._internal.serve.observability.metrics.fast_api_metrics import (
 from ray.serve.handle import DeploymentHandle
 
 from llm_serving.config import GatewayConfig
+from llm_serving.gateway.metrics import GatewayMetrics
 from llm_serving.gateway.middleware import build_gateway, key_store_for
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,11 @@ class GatewayIngress(make_fastapi_ingress(_GatewayOpenAiIngress, app=_ingress_fa
         self._readiness.start()
         self._set_asgi_app(
             build_gateway(
-                self._asgi_app, self._gateway_config, list(self._model_cards), self._key_store, self._readiness
+                self._asgi_app,
+                self._gateway_config,
+                list(self._model_cards),
+                self._key_store,
+                self._readiness,
+                record=GatewayMetrics().record,
             )
         )

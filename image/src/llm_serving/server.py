@@ -8,6 +8,7 @@ from ray.llm._internal.serve.core.server.llm_server import LLMServer
 
 from llm_serving.builtin_models import resolve_model_source
 from llm_serving.config import GatewayConfig
+from llm_serving.gateway.metrics import GatewayMetrics
 from llm_serving.gateway.middleware import build_gateway, key_store_for
 
 
@@ -31,4 +32,6 @@ class GatewayLLMServer(LLMServer):
         app = await super().__serve_build_asgi_app__()
         if self._gateway_config is None:
             return app
-        return build_gateway(app, self._gateway_config, [self._llm_config.model_id], self._key_store)
+        return build_gateway(
+            app, self._gateway_config, [self._llm_config.model_id], self._key_store, record=GatewayMetrics().record
+        )

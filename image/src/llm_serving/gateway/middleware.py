@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.api_keys import ApiKey, ApiKeyStore, bearer_token
 from llm_serving.gateway.errors import GatewayError, openai_error_from_body, send_json
+from llm_serving.gateway.metrics import ANONYMOUS, Exchange, route_label
 
 LIVENESS_PATH = "/healthz"
 READINESS_PATH = "/readyz"
@@ -27,6 +28,7 @@ UNAUTHENTICATED_PATHS = {LIVENESS_PATH, READINESS_PATH, "/health"}
 RETRY_AFTER_NOT_READY_S = 5
 
 ReadinessCheck = Callable[[], Dict[str, bool]]
+Recorder = Callable[[Exchange], None]
 
 
 class GatewayMiddleware:
@@ -38,6 +40,7 @@ class GatewayMiddleware:
         max_request_bytes: int,
         key_store: Optional[ApiKeyStore],
         readiness: Optional[ReadinessCheck] = None,
+        record: Optional[Recorder] = None,
     ):
         self.app = app
         self.model_names = sorted(model_names)
@@ -46,28 +49,41 @@ class GatewayMiddleware:
         # None means "ready whenever this code runs" (direct streaming: the replica serves only once
         # its engine is up).
         self.readiness = readiness
+        self.record = record
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope["path"]
+        if path == LIVENESS_PATH:
+            await send_json(send, 200, b'{"status":"ok"}')
+            return
+        if path == READINESS_PATH:
+            await self._send_readiness(send)
+            return
+        exchange = Exchange(route=route_label(path))
         try:
-            path = scope["path"]
-            if path == LIVENESS_PATH:
-                await send_json(send, 200, b'{"status":"ok"}')
-                return
-            if path == READINESS_PATH:
-                await self._send_readiness(send)
-                return
             api_key = self._authenticate(scope) if path not in UNAUTHENTICATED_PATHS else None
+            exchange.api_key = api_key.name if api_key else ANONYMOUS
             if scope["method"] == "POST" and _is_json(scope):
                 body = await self._read_body(scope, receive)
-                self._check_model(body, api_key)
-                receive = _replay(body, receive)
+                payload = self._parse(body)
+                exchange.model = self._check_model(payload, api_key)
+                receive = _replay(exchange.request_usage_in_stream(payload, body), receive)
         except GatewayError as error:
+            exchange.status = error.status
             await error.send(send)
+            self._record(exchange)
             return
-        await self.app(scope, receive, _normalized_responses(send))
+        try:
+            await self.app(scope, receive, exchange.observe(_normalized_responses(send)))
+        finally:
+            self._record(exchange)
+
+    def _record(self, exchange: Exchange) -> None:
+        if self.record is not None:
+            self.record(exchange)
 
     async def _send_readiness(self, send: Send) -> None:
         states = self.readiness() if self.readiness else {name: True for name in self.model_names}
@@ -113,13 +129,18 @@ class GatewayMiddleware:
                 break
         return b"".join(chunks)
 
-    def _check_model(self, body: bytes, api_key: Optional[ApiKey]) -> None:
+    @staticmethod
+    def _parse(body: bytes) -> Dict:
         try:
             payload = json.loads(body) if body else None
         except (ValueError, UnicodeDecodeError) as error:
             raise GatewayError(400, f"Request body is not valid JSON: {error}", code="invalid_json") from None
         if not isinstance(payload, dict):
             raise GatewayError(400, "Request body must be a JSON object.", code="invalid_json")
+        return payload
+
+    def _check_model(self, payload: Dict, api_key: Optional[ApiKey]) -> str:
+        """The model the request is for, once it exists, the key may use it and it is ready."""
         model = payload.get("model")
         if model is None:
             if len(self.model_names) > 1:
@@ -154,6 +175,7 @@ class GatewayMiddleware:
                 code="model_not_ready",
                 headers=[(b"retry-after", str(RETRY_AFTER_NOT_READY_S).encode())],
             )
+        return model
 
     def _visible(self, api_key: Optional[ApiKey]) -> str:
         names = [n for n in self.model_names if api_key is None or api_key.may_use(n)]
@@ -183,6 +205,7 @@ def build_gateway(
     model_names: List[str],
     key_store: Optional[ApiKeyStore],
     readiness: Optional[ReadinessCheck] = None,
+    record: Optional[Recorder] = None,
 ) -> ASGIApp:
     gateway = GatewayMiddleware(
         app,
@@ -190,6 +213,7 @@ def build_gateway(
         max_request_bytes=config.max_request_bytes,
         key_store=key_store,
         readiness=readiness,
+        record=record,
     )
     return with_cors(gateway, config.cors_allow_origins)
 

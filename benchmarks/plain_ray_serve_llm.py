@@ -1,0 +1,32 @@
+"""Baseline B of the benchmark: plain `ray.serve.llm.build_openai_app`, no gateway of ours.
+
+Usage: python benchmarks/plain_ray_serve_llm.py MODEL_PATH PORT
+The environment decides Ray Serve's mode (the benchmark runs it with and without the fast path).
+"""
+
+import sys
+import time
+
+if __name__ == "__main__":
+    model_path, port = sys.argv[1], int(sys.argv[2])
+    import ray
+    from ray import serve
+    from ray.serve.llm import LLMConfig, build_openai_app
+
+    ray.init(address="local", num_cpus=8)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    llm_config = LLMConfig(
+        model_loading_config={"model_id": "tiny-chat", "model_source": model_path},
+        accelerator_config={"kind": "cpu"},
+        placement_group_config={"bundles": [{"CPU": 1}]},
+        engine_kwargs={"enforce_eager": True, "dtype": "float32", "max_model_len": 512},
+        deployment_config={"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
+    )
+    serve.run(build_openai_app({"llm_configs": [llm_config]}), name="plain", route_prefix="/")
+    print("ready", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+        ray.shutdown()

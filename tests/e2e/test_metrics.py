@@ -1,0 +1,83 @@
+"""The app's own metrics, scraped from Ray's Prometheus endpoint like a PodMonitor would, after
+real traffic: per model and API key, requests by status, latency, time to first token, tokens."""
+
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import CHAT_MODEL, EMBED_MODEL
+
+pytestmark = pytest.mark.e2e
+
+SCRAPE_DEADLINE_S = 90  # Ray's metrics agent exports on an interval
+
+
+def scrape(gateway) -> dict:
+    """{(sample name, frozenset(labels)): value} of everything the endpoint exports."""
+    samples = {}
+    for family in text_string_to_metric_families(httpx.get(gateway.metrics_url, timeout=30).text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def total(samples, name, **labels) -> float:
+    wanted = set(labels.items())
+    return sum(value for (sample, sample_labels), value in samples.items() if sample == name and wanted <= sample_labels)
+
+
+@pytest.fixture(scope="module")
+def traffic(client, gateway):
+    """Known traffic, then a scrape once the exporter has caught up with it."""
+    before = scrape(gateway)
+    plain = client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=5, temperature=0)
+    streamed = list(client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                   max_tokens=7, stream=True, extra_body={"ignore_eos": True}))
+    client.embeddings.create(model=EMBED_MODEL, input="metrics")
+    httpx.post(f"{gateway.api_url}/chat/completions", json={"model": "no-such-model", "messages": []},
+               headers={"authorization": f"Bearer {client.api_key}"})
+    expected_generated = plain.usage.completion_tokens + 7
+    deadline = time.monotonic() + SCRAPE_DEADLINE_S
+    while True:
+        after = scrape(gateway)
+        grown = (total(after, "ray_llm_serving_generated_tokens_total", model=CHAT_MODEL)
+                 - total(before, "ray_llm_serving_generated_tokens_total", model=CHAT_MODEL))
+        if grown >= expected_generated or time.monotonic() > deadline:
+            return before, after, plain, streamed
+
+
+def delta(traffic, name, **labels):
+    before, after, *_ = traffic
+    return total(after, name, **labels) - total(before, name, **labels)
+
+
+def test_requests_are_counted_by_model_key_route_and_status(traffic):
+    chat = dict(model=CHAT_MODEL, api_key="full-access", route="/v1/chat/completions", status_code="200")
+    assert delta(traffic, "ray_llm_serving_requests_total", **chat) >= 2
+    assert delta(traffic, "ray_llm_serving_requests_total", model=EMBED_MODEL, route="/v1/embeddings",
+                 status_code="200") >= 1
+    # An unknown model is counted without echoing the client's model name into a label.
+    assert delta(traffic, "ray_llm_serving_requests_total", model="none", status_code="404") >= 1
+
+
+def test_tokens_match_what_the_engine_reported(traffic):
+    _, _, plain, _ = traffic
+    assert delta(traffic, "ray_llm_serving_generated_tokens_total", model=CHAT_MODEL,
+                 api_key="full-access") >= plain.usage.completion_tokens + 7
+    assert delta(traffic, "ray_llm_serving_prompt_tokens_total", model=CHAT_MODEL) >= 2 * plain.usage.prompt_tokens
+    assert delta(traffic, "ray_llm_serving_prompt_tokens_total", model=EMBED_MODEL) >= 1
+
+
+def test_latency_histograms_are_filled(traffic):
+    assert delta(traffic, "ray_llm_serving_request_latency_ms_count", model=CHAT_MODEL) >= 2
+    assert delta(traffic, "ray_llm_serving_time_to_first_token_ms_count", model=CHAT_MODEL) >= 1
+    assert delta(traffic, "ray_llm_serving_inter_token_latency_ms_count", model=CHAT_MODEL) >= 5
+
+
+def test_stream_clients_that_did_not_ask_for_usage_do_not_get_it(traffic):
+    *_, streamed = traffic
+    assert all(chunk.usage is None for chunk in streamed)
+    assert all(chunk.choices for chunk in streamed)

@@ -1,0 +1,92 @@
+"""What the gateway measures per request: labels, timings and token counts from `usage`, and the
+usage chunk it asks streams for (removed again unless the client asked for it)."""
+
+import asyncio
+import json
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from llm_serving.config import GatewayConfig
+from llm_serving.gateway.api_keys import ApiKeyStore, parse_keys_document
+from llm_serving.gateway.metrics import route_label
+from llm_serving.gateway.middleware import build_gateway
+
+KEYS = ApiKeyStore(parse_keys_document("keys: [{name: team-a, key: sk-team-a-000000000000}]", "test"))
+
+
+async def chat(request: Request):
+    """Like vLLM: a usage chunk at the end only when stream_options.include_usage is set."""
+    body = json.loads(await request.body())
+    if not body.get("stream"):
+        return JSONResponse({"choices": [{"message": {"content": "hi"}}],
+                             "usage": {"prompt_tokens": 7, "completion_tokens": 2}})
+    wants_usage = (body.get("stream_options") or {}).get("include_usage")
+
+    async def events():
+        for token in ["a", "b", "c"]:
+            yield f'data: {json.dumps({"choices": [{"delta": {"content": token}}]})}\n\n'
+            await asyncio.sleep(0.01)
+        if wants_usage:
+            yield 'data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}\n\n'
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def run(request_body, recorded):
+    app = build_gateway(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])]),
+                        GatewayConfig(auth={"mode": "none"}), ["chat"], KEYS, record=recorded.append)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            return await client.post("/v1/chat/completions", json=request_body,
+                                     headers={"authorization": "Bearer sk-team-a-000000000000"})
+
+    return asyncio.run(go())
+
+
+def test_non_streaming_request_is_counted_with_its_usage():
+    recorded = []
+    response = run({"model": "chat", "messages": []}, recorded)
+    assert response.status_code == 200
+    (exchange,) = recorded
+    assert (exchange.model, exchange.api_key, exchange.route, exchange.status) == (
+        "chat", "team-a", "/v1/chat/completions", 200)
+    assert (exchange.prompt_tokens, exchange.generated_tokens) == (7, 2)
+    assert exchange.latency_ms > 0 and exchange.time_to_first_token_ms is None
+
+
+def test_stream_usage_is_measured_and_hidden_from_a_client_that_did_not_ask():
+    recorded = []
+    response = run({"model": "chat", "messages": [], "stream": True}, recorded)
+    events = [line for line in response.text.split("\n\n") if line]
+    assert events[-1] == "data: [DONE]"
+    assert not any('"usage"' in event for event in events)  # the client sees the stream it asked for
+    (exchange,) = recorded
+    assert (exchange.prompt_tokens, exchange.generated_tokens) == (5, 3)
+    assert exchange.time_to_first_token_ms > 0
+    assert len(exchange.inter_event_ms) == 2 and all(gap >= 5 for gap in exchange.inter_event_ms)
+
+
+def test_stream_usage_is_kept_for_a_client_that_asked():
+    recorded = []
+    response = run({"model": "chat", "messages": [], "stream": True, "stream_options": {"include_usage": True}},
+                   recorded)
+    assert '"usage": {"prompt_tokens": 5' in response.text
+    assert recorded[0].generated_tokens == 3
+
+
+def test_refused_requests_are_counted_with_their_status():
+    recorded = []
+    assert run({"model": "missing", "messages": []}, recorded).status_code == 404
+    assert (recorded[0].status, recorded[0].model) == (404, "none")
+
+
+def test_route_labels_stay_bounded():
+    assert route_label("/v1/models/tiny-chat") == "/v1/models"
+    assert route_label("/v1/chat/completions") == "/v1/chat/completions"
+    assert route_label("/admin/../../etc/passwd") == "other"
