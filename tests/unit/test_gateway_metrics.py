@@ -90,3 +90,22 @@ def test_route_labels_stay_bounded():
     assert route_label("/v1/models/tiny-chat") == "/v1/models"
     assert route_label("/v1/chat/completions") == "/v1/chat/completions"
     assert route_label("/admin/../../etc/passwd") == "other"
+
+
+def test_rewritten_stream_requests_carry_their_new_length():
+    seen = {}
+
+    async def length_checking_chat(request: Request):
+        body = await request.body()
+        seen["declared"], seen["actual"] = int(request.headers["content-length"]), len(body)
+        return await chat(request)
+
+    app = build_gateway(Starlette(routes=[Route("/v1/chat/completions", length_checking_chat, methods=["POST"])]),
+                        GatewayConfig(auth={"mode": "none"}), ["chat"], None)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            await client.post("/v1/chat/completions", json={"model": "chat", "messages": [], "stream": True})
+
+    asyncio.run(go())
+    assert seen["declared"] == seen["actual"]

@@ -70,7 +70,10 @@ class GatewayMiddleware:
                 body = await self._read_body(scope, receive)
                 payload = self._parse(body)
                 exchange.model = self._check_model(payload, api_key)
-                receive = _replay(exchange.request_usage_in_stream(payload, body), receive)
+                forwarded = exchange.request_usage_in_stream(payload, body)
+                if forwarded is not body:
+                    scope = _with_content_length(scope, len(forwarded))
+                receive = _replay(forwarded, receive)
         except GatewayError as error:
             exchange.status = error.status
             await error.send(send)
@@ -234,6 +237,11 @@ def _too_large(limit: int) -> GatewayError:
     return GatewayError(
         413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large"
     )
+
+
+def _with_content_length(scope: Scope, length: int) -> Scope:
+    headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != b"content-length"]
+    return {**scope, "headers": [*headers, (b"content-length", str(length).encode())]}
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
