@@ -1,1 +1,0 @@
-"""The gateway: what the app adds in front of Ray Serve LLM and vLLM (auth, limits, errors)."""
