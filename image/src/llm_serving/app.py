@@ -19,6 +19,8 @@ from llm_serving.config import AppConfig, ModelConfig, parse_app_config
 from llm_serving.ingress import GatewayIngress
 from llm_serving.server import GatewayLLMServer
 
+GATEWAY_DEPLOYMENT = "Gateway"
+
 
 def to_llm_config(name: str, model: ModelConfig) -> LLMConfig:
     """One model of our config as Ray Serve LLM's LLMConfig."""
@@ -68,15 +70,28 @@ def uses_direct_streaming(config: AppConfig) -> bool:
     )
 
 
+def gateway_deployment_name(config: AppConfig) -> str:
+    """The deployment whose user_config carries `traffic` (the chart's serveConfigV2 `deployments:`
+    override names it: llm-serving.gatewayDeploymentName must agree)."""
+    if uses_direct_streaming(config):
+        (name,) = config.models
+        return f"{GatewayLLMServer.__name__}:{name.replace('/', '--').replace('.', '_')}"
+    return GATEWAY_DEPLOYMENT
+
+
 def build_app(args: Dict[str, Any]) -> Application:
     """Build the Serve application from the app's args (see llm_serving.config.AppConfig)."""
     config = parse_app_config(args)
     llm_configs = {name: to_llm_config(name, model) for name, model in config.models.items()}
     gateway = config.gateway.model_dump()
+    # The live part: a user_config, so changing it reconfigures replicas in place (see traffic_config).
+    traffic = {"user_config": config.traffic.model_dump(mode="json", exclude_defaults=True)}
 
     if uses_direct_streaming(config):
         (llm_config,) = llm_configs.values()
-        server = _build_direct_streaming_llm_deployment(llm_config, bind_kwargs={"gateway": gateway})
+        server = _build_direct_streaming_llm_deployment(
+            llm_config, bind_kwargs={"gateway": gateway}, override_serve_options=traffic
+        )
         router = _build_openai_ingress_request_router(server=server, llm_config=llm_config)
         return server._with_ingress_request_router(router)
 
@@ -91,7 +106,7 @@ def build_app(args: Dict[str, Any]) -> Application:
             "target_ongoing_requests": ingress.target_ongoing_requests,
         },
     }
-    return serve.deployment(GatewayIngress, name="Gateway", **ingress_options).bind(
+    return serve.deployment(GatewayIngress, name=GATEWAY_DEPLOYMENT, **ingress_options, **traffic).bind(
         llm_deployments={name: build_llm_deployment(c) for name, c in llm_configs.items()},
         model_cards={name: to_model_metadata(name, c) for name, c in llm_configs.items()},
         gateway=gateway,

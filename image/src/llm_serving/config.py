@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ray.llm._internal.serve.core.configs.accelerators import AcceleratorType
 
+from llm_serving.traffic_config import TrafficConfig
+
 # The accelerator types Ray Serve LLM accepts, so the chart's schema rejects a typo at `helm template`.
 RayAcceleratorType = Literal[tuple(accelerator.value for accelerator in AcceleratorType)]
 
@@ -187,6 +189,13 @@ class AppConfig(StrictModel):
 
     models: Dict[str, ModelConfig] = Field(..., min_length=1, description="Models keyed by their public name.")
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="Gateway settings.")
+    traffic: TrafficConfig = Field(
+        default_factory=TrafficConfig,
+        description=(
+            "Aliases with weighted variants, sticky routing and per-API-key limits. Applied in place "
+            "(Ray Serve user_config of the gateway deployment): changing it restarts nothing."
+        ),
+    )
 
     @field_validator("models")
     @classmethod
@@ -207,6 +216,11 @@ class AppConfig(StrictModel):
                 "gateway.auth.mode is api_key (the default) but no keys source is set; set "
                 "gateway.auth.api_keys.file or gateway.auth.api_keys.env, or set gateway.auth.mode: none"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _aliases_name_served_models(self) -> "AppConfig":
+        self.traffic.check_against_models(list(self.models))
         return self
 
     def on_local_cpu(self) -> "AppConfig":

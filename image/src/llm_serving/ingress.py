@@ -22,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.metrics import GatewayMetrics
 from llm_serving.gateway.middleware import build_gateway, key_store_for
+from llm_serving.gateway.traffic import TrafficControl
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,11 @@ class _GatewayOpenAiIngress(OpenAiIngress):
         self._gateway_config = GatewayConfig.model_validate(gateway)
         self._key_store = key_store_for(self._gateway_config)
         self._readiness = ModelReadiness(llm_deployments)
+        self._traffic = TrafficControl(self._gateway_config, list(model_cards), self._key_store)
+
+    async def reconfigure(self, user_config: Dict[str, Any]) -> None:
+        """Serve's user_config: aliases, sticky routing and limits, applied in place."""
+        await self._traffic.reconfigure(user_config)
 
 
 class GatewayIngress(make_fastapi_ingress(_GatewayOpenAiIngress, app=_ingress_fastapi_app())):
@@ -103,5 +109,6 @@ class GatewayIngress(make_fastapi_ingress(_GatewayOpenAiIngress, app=_ingress_fa
                 self._key_store,
                 self._readiness,
                 record=GatewayMetrics().record,
+                traffic=self._traffic,
             )
         )

@@ -10,6 +10,7 @@ from llm_serving.builtin_models import resolve_model_source
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.metrics import GatewayMetrics
 from llm_serving.gateway.middleware import build_gateway, key_store_for
+from llm_serving.gateway.traffic import TrafficControl
 
 
 class GatewayLLMServer(LLMServer):
@@ -26,12 +27,28 @@ class GatewayLLMServer(LLMServer):
         self._gateway_config = GatewayConfig.model_validate(gateway) if gateway is not None else None
         # Read the keys before the engine loads, so a missing Secret fails the replica at once.
         self._key_store = key_store_for(self._gateway_config) if self._gateway_config else None
+        self._traffic = (
+            TrafficControl(self._gateway_config, [llm_config.model_id], self._key_store)
+            if self._gateway_config
+            else None
+        )
         await super().__init__(llm_config, **kwargs)
+
+    async def reconfigure(self, user_config: Dict[str, Any]) -> None:
+        """Serve's user_config when this replica is the ingress (direct streaming): aliases, sticky
+        routing and limits, applied in place, without touching the engine."""
+        if self._traffic is not None:
+            await self._traffic.reconfigure(user_config)
 
     async def __serve_build_asgi_app__(self):
         app = await super().__serve_build_asgi_app__()
         if self._gateway_config is None:
             return app
         return build_gateway(
-            app, self._gateway_config, [self._llm_config.model_id], self._key_store, record=GatewayMetrics().record
+            app,
+            self._gateway_config,
+            [self._llm_config.model_id],
+            self._key_store,
+            record=GatewayMetrics().record,
+            traffic=self._traffic,
         )

@@ -110,6 +110,15 @@ class ApiKeyStore:
             raise KeysFileError("no API keys configured; add keys or set auth.mode: none")
         return cls(keys)
 
+    @property
+    def keys(self) -> List[ApiKey]:
+        return list(self._keys)
+
+    def replace_keys(self, keys: List[ApiKey]) -> None:
+        """Swap in a re-read keys document (live reconfiguration); one assignment, so a request
+        sees either the old keys or the new ones."""
+        self._keys = list(keys)
+
     def authenticate(self, presented: str) -> Optional[ApiKey]:
         presented_digest = digest(presented)
         match = None

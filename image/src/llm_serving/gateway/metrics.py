@@ -39,6 +39,8 @@ class Exchange:
     route: str
     started: float = field(default_factory=time.perf_counter)
     model: str = NO_MODEL
+    # The served model: the variant an alias resolved to, else the model itself (bounded: served models).
+    variant: str = NO_MODEL
     api_key: str = ANONYMOUS
     status: int = 0
     finished: Optional[float] = None
@@ -138,20 +140,23 @@ class GatewayMetrics:
 
         self.requests = metrics.Counter(
             "llm_serving_requests",
-            description="Requests answered by the gateway, by model, API key name, route and status code.",
-            tag_keys=("model", "api_key", "route", "status_code"),
+            description=(
+                "Requests answered by the gateway, by model (as requested: a model or an alias), variant "
+                "(the model that served it), API key name, route and status code."
+            ),
+            tag_keys=("model", "variant", "api_key", "route", "status_code"),
         )
         self.latency = metrics.Histogram(
             "llm_serving_request_latency_ms",
             description="End-to-end request latency at the gateway, in milliseconds.",
             boundaries=LATENCY_BUCKETS_MS,
-            tag_keys=("model", "route"),
+            tag_keys=("model", "variant", "route"),
         )
         self.time_to_first_token = metrics.Histogram(
             "llm_serving_time_to_first_token_ms",
             description="Time from request to the first streamed event, in milliseconds.",
             boundaries=LATENCY_BUCKETS_MS,
-            tag_keys=("model",),
+            tag_keys=("model", "variant"),
         )
         self.inter_token_latency = metrics.Histogram(
             "llm_serving_inter_token_latency_ms",
@@ -171,13 +176,14 @@ class GatewayMetrics:
         )
 
     def record(self, exchange: Exchange) -> None:
-        model, key = exchange.model, exchange.api_key
+        model, variant, key = exchange.model, exchange.variant, exchange.api_key
         self.requests.inc(
-            tags={"model": model, "api_key": key, "route": exchange.route, "status_code": str(exchange.status)}
+            tags={"model": model, "variant": variant, "api_key": key, "route": exchange.route,
+                  "status_code": str(exchange.status)}
         )
-        self.latency.observe(exchange.latency_ms, tags={"model": model, "route": exchange.route})
+        self.latency.observe(exchange.latency_ms, tags={"model": model, "variant": variant, "route": exchange.route})
         if exchange.time_to_first_token_ms is not None:
-            self.time_to_first_token.observe(exchange.time_to_first_token_ms, tags={"model": model})
+            self.time_to_first_token.observe(exchange.time_to_first_token_ms, tags={"model": model, "variant": variant})
         for gap in exchange.inter_event_ms:
             self.inter_token_latency.observe(gap, tags={"model": model})
         if exchange.prompt_tokens:

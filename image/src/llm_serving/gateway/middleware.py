@@ -20,11 +20,24 @@ from llm_serving.config import GatewayConfig
 from llm_serving.gateway.api_keys import ApiKey, ApiKeyStore, bearer_token
 from llm_serving.gateway.errors import GatewayError, openai_error_from_body, send_json
 from llm_serving.gateway.metrics import ANONYMOUS, Exchange, route_label
+from llm_serving.gateway.traffic import (
+    TrafficControl,
+    admit,
+    resolve_alias,
+    settle,
+    with_aliases_listed,
+    with_variant_header,
+)
 
 LIVENESS_PATH = "/healthz"
 READINESS_PATH = "/readyz"
 # Paths any caller may reach: our probes and vLLM's own health check.
 UNAUTHENTICATED_PATHS = {LIVENESS_PATH, READINESS_PATH, "/health"}
+# The RAG API (llm_serving.rag) names collections, not models: auth and limits apply, the model
+# checks do not (the RAG layer checks the key against each collection's embedding model).
+RAG_PATH_PREFIX = "/v1/rag/"
+# Where the authenticated ApiKey is left in the ASGI scope for the layers inside the gateway.
+API_KEY_SCOPE = "llm_serving.api_key"
 RETRY_AFTER_NOT_READY_S = 5
 
 ReadinessCheck = Callable[[], Dict[str, bool]]
@@ -41,6 +54,7 @@ class GatewayMiddleware:
         key_store: Optional[ApiKeyStore],
         readiness: Optional[ReadinessCheck] = None,
         record: Optional[Recorder] = None,
+        traffic: Optional[TrafficControl] = None,
     ):
         self.app = app
         self.model_names = sorted(model_names)
@@ -50,6 +64,8 @@ class GatewayMiddleware:
         # its engine is up).
         self.readiness = readiness
         self.record = record
+        # Aliases, sticky variants and per-key limits; swapped whole on reconfigure.
+        self.traffic = traffic
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,17 +79,35 @@ class GatewayMiddleware:
             await self._send_readiness(send)
             return
         exchange = Exchange(route=route_label(path))
+        traffic = self.traffic.state if self.traffic is not None else None
+        admission = None
         try:
             api_key = self._authenticate(scope) if path not in UNAUTHENTICATED_PATHS else None
             exchange.api_key = api_key.name if api_key else ANONYMOUS
-            if scope["method"] == "POST" and _is_json(scope):
+            scope[API_KEY_SCOPE] = api_key
+            if scope["method"] == "POST" and _is_json(scope) and path.startswith(RAG_PATH_PREFIX):
+                body = await self._read_body(scope, receive)
+                self._parse(body)  # size limit and JSON errors as for every other route
+                receive = _replay(body, receive)
+            elif scope["method"] == "POST" and _is_json(scope):
                 body = await self._read_body(scope, receive)
                 payload = self._parse(body)
-                exchange.model = self._check_model(payload, api_key)
+                alias = payload.get("model")
+                variant = self._resolve_alias(traffic, payload, scope, api_key) if traffic else None
+                exchange.variant = self._check_model(payload, api_key, via_alias=variant is not None)
+                exchange.model = alias if variant is not None else exchange.variant
+                if variant is not None:
+                    body = json.dumps(payload).encode()  # `model` rewritten to the variant
+                    scope = _with_content_length(scope, len(body))
+                    send = with_variant_header(send, variant)
                 forwarded = exchange.request_usage_in_stream(payload, body)
                 if forwarded is not body:
                     scope = _with_content_length(scope, len(forwarded))
                 receive = _replay(forwarded, receive)
+                if traffic is not None:
+                    admission = await admit(traffic, exchange.api_key, payload)
+            elif traffic is not None and traffic.aliases and path == "/v1/models" and scope["method"] == "GET":
+                send = with_aliases_listed(send, traffic.aliases.names)
         except GatewayError as error:
             exchange.status = error.status
             await error.send(send)
@@ -82,7 +116,25 @@ class GatewayMiddleware:
         try:
             await self.app(scope, receive, exchange.observe(_normalized_responses(send)))
         finally:
+            if admission is not None:
+                await settle(traffic, admission, exchange.prompt_tokens, exchange.generated_tokens)
             self._record(exchange)
+
+    def _resolve_alias(self, traffic, payload: Dict, scope: Scope, api_key: Optional[ApiKey]) -> Optional[str]:
+        """The variant for a request that names an alias (the key must be allowed the alias)."""
+        alias = payload.get("model")
+        if not isinstance(alias, str) or alias not in traffic.aliases:
+            return None
+        if api_key is not None and not api_key.may_use(alias):
+            raise GatewayError(
+                403,
+                f"This API key ({api_key.name}) may not use model `{alias}`. "
+                f"Allowed models: {self._visible(api_key)}.",
+                code="model_not_allowed",
+                param="model",
+            )
+        return resolve_alias(traffic, payload, lambda name: _header(scope, name.encode()),
+                             api_key.name if api_key else None)
 
     def _record(self, exchange: Exchange) -> None:
         if self.record is not None:
@@ -91,7 +143,10 @@ class GatewayMiddleware:
     async def _send_readiness(self, send: Send) -> None:
         states = self.readiness() if self.readiness else {name: True for name in self.model_names}
         not_ready = sorted(name for name, ready in states.items() if not ready)
-        body = json.dumps({"ready": not not_ready, "models": states}).encode()
+        status = {"ready": not not_ready, "models": states}
+        if self.traffic is not None:
+            status["traffic"] = self.traffic.status()
+        body = json.dumps(status).encode()
         headers = [(b"retry-after", str(RETRY_AFTER_NOT_READY_S).encode())] if not_ready else []
         await send_json(send, 503 if not_ready else 200, body, headers)
 
@@ -142,7 +197,7 @@ class GatewayMiddleware:
             raise GatewayError(400, "Request body must be a JSON object.", code="invalid_json")
         return payload
 
-    def _check_model(self, payload: Dict, api_key: Optional[ApiKey]) -> str:
+    def _check_model(self, payload: Dict, api_key: Optional[ApiKey], via_alias: bool = False) -> str:
         """The model the request is for, once it exists, the key may use it and it is ready."""
         model = payload.get("model")
         if model is None:
@@ -163,7 +218,7 @@ class GatewayMiddleware:
                 code="model_not_found",
                 param="model",
             )
-        if api_key is not None and not api_key.may_use(model):
+        if api_key is not None and not via_alias and not api_key.may_use(model):
             raise GatewayError(
                 403,
                 f"This API key ({api_key.name}) may not use model `{model}`. "
@@ -209,6 +264,7 @@ def build_gateway(
     key_store: Optional[ApiKeyStore],
     readiness: Optional[ReadinessCheck] = None,
     record: Optional[Recorder] = None,
+    traffic: Optional[TrafficControl] = None,
 ) -> ASGIApp:
     gateway = GatewayMiddleware(
         app,
@@ -217,6 +273,7 @@ def build_gateway(
         key_store=key_store,
         readiness=readiness,
         record=record,
+        traffic=traffic,
     )
     return with_cors(gateway, config.cors_allow_origins)
 

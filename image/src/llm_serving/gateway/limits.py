@@ -1,0 +1,233 @@
+"""Per-API-key limits: requests and tokens per fixed window, and requests in flight.
+
+Accounting:
+- requests: counted when admitted; a refused request does not count.
+- tokens (prompt + generated): a request is admitted while the key's window total is below its
+  budget and its own `max_tokens` (or `max_completion_tokens`) fits in what is left; that many
+  tokens are reserved at admission and settled from the response's `usage` when it ends (the
+  reservation is swapped for prompt + generated; a failed request gives it back). A request
+  without `max_tokens` reserves nothing, so a window can overshoot by what its requests in
+  flight generate. An empty window always admits one request, however large.
+- concurrent: incremented at admission, decremented when the response has been sent.
+
+Store: with `limits.redis_url` (or `redis_url_env`), one Redis shared by every gateway replica,
+each admission one atomic Lua script; otherwise counters in this process, so with N replicas a
+key gets up to N times its limits. If Redis cannot be reached, requests are admitted (and a
+warning logged): limits protect capacity, they must not take the service down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+from llm_serving.traffic_config import LimitConfig, LimitsConfig
+
+logger = logging.getLogger(__name__)
+
+CONCURRENCY_RETRY_AFTER_S = 1
+# A crashed replica's in-flight count expires from Redis after this long.
+CONCURRENCY_TTL_S = 600
+KEY_PREFIX = "llm-serving:limits"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request was refused and when to retry."""
+
+    limit: str  # requests | tokens | concurrent
+    allowed: int
+    retry_after_s: int
+
+
+@dataclass
+class Admission:
+    """A request holding a concurrency slot and a token reservation until it is settled."""
+
+    key: str
+    window: int
+    reserved_tokens: int
+    holds_slot: bool
+
+
+def window_of(now: float, window_s: int) -> Tuple[int, int]:
+    """The window index holding `now` and the whole seconds until it ends (at least 1)."""
+    index = int(now // window_s)
+    return index, max(1, math.ceil((index + 1) * window_s - now))
+
+
+def tokens_refused(used: int, reserve: int, budget: int) -> bool:
+    return used >= budget or (used > 0 and used + reserve > budget)
+
+
+class InProcessLimiter:
+    """Counters in this replica's memory (one event loop: no locks needed between awaits)."""
+
+    def __init__(self, config: LimitsConfig, clock=time.time):
+        self.window_s = config.window_seconds
+        self._clock = clock
+        self._requests: Dict[Tuple[str, int], int] = {}
+        self._tokens: Dict[Tuple[str, int], int] = {}
+        self._in_flight: Dict[str, int] = {}
+
+    async def admit(self, key: str, limit: LimitConfig, reserve: int) -> Tuple[Optional[Admission], Optional[Refusal]]:
+        window, retry_after = window_of(self._clock(), self.window_s)
+        self._forget_old_windows(window)
+        requests = self._requests.get((key, window), 0)
+        tokens = self._tokens.get((key, window), 0)
+        in_flight = self._in_flight.get(key, 0)
+        if limit.requests is not None and requests >= limit.requests:
+            return None, Refusal("requests", limit.requests, retry_after)
+        if limit.tokens is not None and tokens_refused(tokens, reserve, limit.tokens):
+            return None, Refusal("tokens", limit.tokens, retry_after)
+        if limit.concurrent is not None and in_flight >= limit.concurrent:
+            return None, Refusal("concurrent", limit.concurrent, CONCURRENCY_RETRY_AFTER_S)
+        self._requests[(key, window)] = requests + 1
+        self._tokens[(key, window)] = tokens + reserve
+        self._in_flight[key] = in_flight + 1
+        return Admission(key, window, reserve, holds_slot=True), None
+
+    async def settle(self, admission: Admission, used_tokens: Optional[int]) -> None:
+        if admission.holds_slot:
+            self._in_flight[admission.key] = max(0, self._in_flight.get(admission.key, 1) - 1)
+        delta = (used_tokens or 0) - admission.reserved_tokens
+        slot = (admission.key, admission.window)
+        if delta and slot in self._tokens:
+            self._tokens[slot] = max(0, self._tokens[slot] + delta)
+
+    def _forget_old_windows(self, window: int) -> None:
+        if len(self._requests) > 1024 or len(self._tokens) > 1024:
+            self._requests = {k: v for k, v in self._requests.items() if k[1] >= window}
+            self._tokens = {k: v for k, v in self._tokens.items() if k[1] >= window}
+
+    async def close(self) -> None:
+        pass
+
+
+# Atomic admission: read the three counters, refuse (1 requests, 2 tokens, 3 concurrent) or count.
+_ADMIT_SCRIPT = """
+local requests = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
+local in_flight = tonumber(redis.call('GET', KEYS[3]) or '0')
+local request_limit, token_limit, concurrent_limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local reserve, ttl, concurrent_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+if request_limit > 0 and requests >= request_limit then return 1 end
+if token_limit > 0 and (tokens >= token_limit or (tokens > 0 and tokens + reserve > token_limit)) then return 2 end
+if concurrent_limit > 0 and in_flight >= concurrent_limit then return 3 end
+redis.call('INCR', KEYS[1]); redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('INCRBY', KEYS[2], reserve); redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('INCR', KEYS[3]); redis.call('EXPIRE', KEYS[3], concurrent_ttl)
+return 0
+"""
+_REFUSED_LIMIT = {1: "requests", 2: "tokens", 3: "concurrent"}
+
+
+class RedisLimiter:
+    """Counters in one Redis shared by every gateway replica."""
+
+    def __init__(self, config: LimitsConfig, url: str, clock=time.time):
+        import redis.asyncio as redis
+
+        self.window_s = config.window_seconds
+        self._clock = clock
+        self._redis = redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._admit = self._redis.register_script(_ADMIT_SCRIPT)
+        self._last_warning = 0.0
+
+    @staticmethod
+    def _names(key: str, window: int) -> Tuple[str, str, str]:
+        return (
+            f"{KEY_PREFIX}:{key}:{window}:requests",
+            f"{KEY_PREFIX}:{key}:{window}:tokens",
+            f"{KEY_PREFIX}:{key}:in-flight",
+        )
+
+    async def admit(self, key: str, limit: LimitConfig, reserve: int) -> Tuple[Optional[Admission], Optional[Refusal]]:
+        window, retry_after = window_of(self._clock(), self.window_s)
+        try:
+            verdict = await self._admit(
+                keys=self._names(key, window),
+                args=[limit.requests or 0, limit.tokens or 0, limit.concurrent or 0, reserve,
+                      2 * self.window_s, CONCURRENCY_TTL_S],
+            )
+        except Exception as error:  # Redis down: admit, uncounted, rather than refuse everyone
+            self._warn(error)
+            return Admission(key, window, 0, holds_slot=False), None
+        if verdict:
+            limit_name = _REFUSED_LIMIT[int(verdict)]
+            allowed = getattr(limit, limit_name)
+            wait = CONCURRENCY_RETRY_AFTER_S if limit_name == "concurrent" else retry_after
+            return None, Refusal(limit_name, allowed, wait)
+        return Admission(key, window, reserve, holds_slot=True), None
+
+    async def settle(self, admission: Admission, used_tokens: Optional[int]) -> None:
+        if not admission.holds_slot:
+            return
+        requests, tokens, in_flight = self._names(admission.key, admission.window)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.decr(in_flight)
+                delta = (used_tokens or 0) - admission.reserved_tokens
+                if delta:
+                    pipe.incrby(tokens, delta)
+                await pipe.execute()
+        except Exception as error:
+            self._warn(error)
+
+    def _warn(self, error: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_warning > 30:
+            self._last_warning = now
+            logger.warning("rate-limit store unreachable, admitting requests uncounted: %s", error)
+
+    async def close(self) -> None:
+        try:
+            await self._redis.aclose()
+        except Exception:
+            pass
+
+
+def limits_for(config: LimitsConfig, key: str) -> Optional[LimitConfig]:
+    """The limits that apply to one key name, or None when none do (the fast path: no counting)."""
+    limit = config.keys.get(key, config.default)
+    if limit is None or (limit.requests is None and limit.tokens is None and limit.concurrent is None):
+        return None
+    return limit
+
+
+def build_limiter(config: LimitsConfig, environ: Optional[Dict[str, str]] = None):
+    """The limiter the config asks for; raises ValueError naming the missing environment variable."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    url = config.redis_url
+    if config.redis_url_env:
+        url = environ.get(config.redis_url_env)
+        if not url:
+            raise ValueError(
+                f"traffic.limits.redis_url_env names {config.redis_url_env}, which is not set; "
+                "set it (e.g. from a Secret via secretEnv) or use traffic.limits.redis_url"
+            )
+    if url:
+        return RedisLimiter(config, url)
+    return InProcessLimiter(config)
+
+
+def reserved_tokens(payload: Dict) -> int:
+    """Tokens a request reserves at admission: what it may generate, when it says."""
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = payload.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
+async def close_quietly(limiter) -> None:
+    try:
+        await asyncio.wait_for(limiter.close(), timeout=2)
+    except Exception:
+        pass

@@ -1,0 +1,196 @@
+"""The gateway's live traffic policy (aliases, sticky variants, per-key limits) and its reconfiguration.
+
+`TrafficControl` holds one immutable `TrafficState` and swaps it whole when Ray Serve calls the
+deployment's `reconfigure(user_config)`. A config that does not validate (or whose keys or Redis
+URL cannot be read) is rejected: the old state stays in force and the error is logged and shown
+on /readyz. Only the very first config of a replica is raised: there is no old one to keep.
+
+Why not raise every time: Ray Serve (2.60, deployment_state.py) stops a replica whose reconfigure
+raises and starts a new one with the same user_config, so raising would restart the gateway
+(in direct streaming, the engine) and then fail it again, taking the service down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from pydantic import ValidationError
+from starlette.types import Message, Send
+
+from llm_serving.config import GatewayConfig, format_validation_error
+from llm_serving.gateway.api_keys import ApiKeyStore
+from llm_serving.gateway.errors import GatewayError
+from llm_serving.gateway.limits import (
+    Admission,
+    InProcessLimiter,
+    build_limiter,
+    close_quietly,
+    limits_for,
+    reserved_tokens,
+)
+from llm_serving.gateway.routing import AliasTable, caller_identity, choose_variant
+from llm_serving.traffic_config import TrafficConfig, traffic_config_from_user_config
+
+logger = logging.getLogger(__name__)
+
+VARIANT_HEADER = b"x-llm-serving-variant"
+
+
+@dataclass(frozen=True)
+class TrafficState:
+    config: TrafficConfig
+    aliases: AliasTable
+    limiter: Any  # InProcessLimiter | RedisLimiter
+
+
+class TrafficControl:
+    """The policy one gateway (ingress replica or direct-streaming engine replica) applies."""
+
+    def __init__(self, gateway: GatewayConfig, model_names: List[str], key_store: Optional[ApiKeyStore]):
+        self._gateway = gateway
+        self._model_names = list(model_names)
+        self._key_store = key_store
+        default = TrafficConfig()
+        self.state = TrafficState(default, AliasTable({}), InProcessLimiter(default.limits))
+        self.rejected: Optional[str] = None  # why the last new config was refused, if it was
+        self._configured = False
+
+    async def reconfigure(self, user_config: Any) -> None:
+        try:
+            state, keys = self._build(user_config)
+        except ValueError as error:
+            message = f"traffic config rejected, the previous one stays in force: {error}"
+            if not self._configured:
+                raise ValueError(str(error)) from None
+            logger.error(message)
+            self.rejected = message
+            return
+        old = self.state
+        if keys is not None and self._key_store is not None:
+            self._key_store.replace_keys(keys)
+        self.state = state
+        self.rejected = None
+        self._configured = True
+        if state.limiter is not old.limiter:
+            await close_quietly(old.limiter)
+        logger.info("traffic config applied: aliases %s, limits for %s", state.aliases.names,
+                    sorted(state.config.limits.keys) or "no key")
+
+    def _build(self, user_config: Any):
+        try:
+            config = traffic_config_from_user_config(user_config)
+        except ValidationError as error:
+            raise ValueError(format_validation_error(error, root="traffic")) from None
+        config.check_against_models(self._model_names)
+        keys = None
+        if self._key_store is not None and config.keys_revision != self.state.config.keys_revision:
+            # Re-read the keys sources (a changed Secret); a bad document raises KeysFileError.
+            keys = ApiKeyStore.from_config(self._gateway.auth.api_keys).keys
+        old = self.state
+        same_store = config.limits.model_dump(include={"window_seconds", "redis_url", "redis_url_env"}) == (
+            old.config.limits.model_dump(include={"window_seconds", "redis_url", "redis_url_env"})
+        )
+        limiter = old.limiter if same_store else build_limiter(config.limits)
+        aliases = AliasTable({name: alias.variants for name, alias in config.aliases.items()})
+        return TrafficState(config, aliases, limiter), keys
+
+    def status(self) -> Dict[str, Any]:
+        """For /readyz: what is in force and whether a newer config was refused."""
+        config = self.state.config
+        return {
+            "aliases": {name: alias.variants for name, alias in config.aliases.items()},
+            "keys_revision": config.keys_revision,
+            "rejected": self.rejected,
+        }
+
+
+def resolve_alias(state: TrafficState, payload: Dict, header: Callable[[str], Optional[str]],
+                  api_key_name: Optional[str]) -> Optional[str]:
+    """If the request names an alias, pick its variant, rewrite `model` and return the variant."""
+    alias = payload.get("model")
+    if not isinstance(alias, str) or alias not in state.aliases:
+        return None
+    identity = caller_identity(state.config.sticky_identity, header, payload.get("user"), api_key_name)
+    variant = choose_variant(state.aliases.variants_of(alias), alias, identity)
+    payload["model"] = variant
+    return variant
+
+
+async def admit(state: TrafficState, key_name: str, payload: Dict) -> Optional[Admission]:
+    """Count the request against its key's limits, or raise a 429 GatewayError."""
+    limit = limits_for(state.config.limits, key_name)
+    if limit is None:
+        return None
+    admission, refusal = await state.limiter.admit(key_name, limit, reserved_tokens(payload))
+    if refusal is None:
+        return admission
+    window = state.config.limits.window_seconds
+    what = {
+        "requests": f"{refusal.allowed} requests per {window} s",
+        "tokens": f"{refusal.allowed} tokens per {window} s",
+        "concurrent": f"{refusal.allowed} concurrent requests",
+    }[refusal.limit]
+    raise GatewayError(
+        429,
+        f"Rate limit reached for API key {key_name}: {what}. Retry after {refusal.retry_after_s} s.",
+        code="rate_limit_exceeded",
+        param=refusal.limit,
+        headers=[(b"retry-after", str(refusal.retry_after_s).encode())],
+    )
+
+
+async def settle(state: TrafficState, admission: Optional[Admission], prompt: Optional[int],
+                 generated: Optional[int]) -> None:
+    if admission is None:
+        return
+    used = (prompt or 0) + (generated or 0) if prompt is not None or generated is not None else None
+    await state.limiter.settle(admission, used)
+
+
+def with_variant_header(send: Send, variant: str) -> Send:
+    async def add_header(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (VARIANT_HEADER, variant.encode())]}
+        await send(message)
+
+    return add_header
+
+
+def with_aliases_listed(send: Send, aliases: List[str]) -> Send:
+    """Append the aliases to a `GET /v1/models` list (whichever app produced it)."""
+    start: Optional[Message] = None
+    chunks: List[bytes] = []
+
+    async def listed(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            if message["status"] != 200:
+                await send(message)
+                return
+            start = message
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(chunks)
+        try:
+            listing = json.loads(body)
+            created = max((m.get("created", 0) for m in listing["data"]), default=0)
+            listing["data"] += [
+                {"id": alias, "object": "model", "created": created, "owned_by": "llm-serving-alias"}
+                for alias in aliases
+            ]
+            body = json.dumps(listing).encode()
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # not a list we understand: pass it on unchanged
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return listed

@@ -1,0 +1,148 @@
+"""Per-key limits on both stores: in-process counters and a real redis-server (ci/install-tools.sh)."""
+
+import asyncio
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from llm_serving.gateway.limits import InProcessLimiter, RedisLimiter, build_limiter, limits_for, reserved_tokens
+from llm_serving.traffic_config import LimitConfig, LimitsConfig
+from tests.e2e.servers import free_port
+
+
+class Clock:
+    def __init__(self, now=1000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    server = shutil.which("redis-server")
+    assert server, "redis-server is missing: run ci/install-tools.sh"
+    port = free_port()
+    process = subprocess.Popen([server, "--port", str(port), "--save", "", "--appendonly", "no",
+                                "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.1)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(10)
+
+
+def limiters(redis_url, clock, window=60):
+    config = LimitsConfig(window_seconds=window)
+    return [InProcessLimiter(config, clock=clock), RedisLimiter(config, redis_url, clock=clock)]
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+@pytest.mark.parametrize("store", [0, 1], ids=["in-process", "redis"])
+def test_requests_per_window_refuse_then_reset(redis_url, store):
+    async def scenario():
+        clock = Clock(60_000.0 + 50 + store * 600)  # 10 s before the window ends
+        limiter = limiters(redis_url, clock)[store]
+        limit = LimitConfig(requests=2)
+        key = f"req-{store}-{time.time()}"
+        for _ in range(2):
+            admission, refusal = await limiter.admit(key, limit, 0)
+            assert refusal is None
+            await limiter.settle(admission, 5)
+        admission, refusal = await limiter.admit(key, limit, 0)
+        assert admission is None and refusal.limit == "requests" and refusal.allowed == 2
+        assert refusal.retry_after_s == 10
+        clock.now += 10  # the next window
+        assert (await limiter.admit(key, limit, 0))[1] is None
+        await limiter.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("store", [0, 1], ids=["in-process", "redis"])
+def test_tokens_are_reserved_then_settled_from_usage(redis_url, store):
+    async def scenario():
+        clock = Clock(120_000.0 + store * 600)
+        limiter = limiters(redis_url, clock)[store]
+        limit = LimitConfig(tokens=100)
+        key = f"tok-{store}-{time.time()}"
+        first, refusal = await limiter.admit(key, limit, 60)  # reserves 60
+        assert refusal is None
+        # 60 reserved + 60 more would exceed 100: refused while the first is in flight.
+        assert (await limiter.admit(key, limit, 60))[1].limit == "tokens"
+        await limiter.settle(first, 30)  # it used 30: 70 left
+        second, refusal = await limiter.admit(key, limit, 60)
+        assert refusal is None
+        await limiter.settle(second, 75)  # now 105 used: over budget
+        assert (await limiter.admit(key, limit, 0))[1].limit == "tokens"
+        await limiter.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("store", [0, 1], ids=["in-process", "redis"])
+def test_concurrent_requests(redis_url, store):
+    async def scenario():
+        limiter = limiters(redis_url, Clock())[store]
+        limit = LimitConfig(concurrent=1)
+        key = f"conc-{store}-{time.time()}"
+        first, _ = await limiter.admit(key, limit, 0)
+        refusal = (await limiter.admit(key, limit, 0))[1]
+        assert refusal.limit == "concurrent" and refusal.retry_after_s == 1
+        await limiter.settle(first, None)
+        assert (await limiter.admit(key, limit, 0))[1] is None
+        await limiter.close()
+
+    run(scenario())
+
+
+def test_redis_counters_are_shared_between_replicas(redis_url):
+    async def scenario():
+        clock = Clock(180_000.0)
+        one, two = (RedisLimiter(LimitsConfig(), redis_url, clock=clock) for _ in range(2))
+        limit = LimitConfig(requests=3)
+        key = f"shared-{time.time()}"
+        results = [await limiter.admit(key, limit, 0) for limiter in (one, two, one, two)]
+        assert [refusal is None for _, refusal in results] == [True, True, True, False]
+        await one.close()
+        await two.close()
+
+    run(scenario())
+
+
+def test_unreachable_redis_admits_uncounted():
+    async def scenario():
+        limiter = RedisLimiter(LimitsConfig(), f"redis://127.0.0.1:{free_port()}/0")
+        admission, refusal = await limiter.admit("k", LimitConfig(requests=1), 0)
+        assert refusal is None and not admission.holds_slot
+        await limiter.close()
+
+    run(scenario())
+
+
+def test_which_limits_apply():
+    config = LimitsConfig(default=LimitConfig(requests=10), keys={"batch": LimitConfig(tokens=5), "free": LimitConfig()})
+    assert limits_for(config, "someone").requests == 10
+    assert limits_for(config, "batch").tokens == 5 and limits_for(config, "batch").requests is None
+    assert limits_for(config, "free") is None  # an explicit empty entry means unlimited
+    assert limits_for(LimitsConfig(), "anyone") is None
+
+
+def test_reserved_tokens():
+    assert reserved_tokens({"max_tokens": 16}) == 16
+    assert reserved_tokens({"max_completion_tokens": 8, "max_tokens": 16}) == 8
+    assert reserved_tokens({}) == 0 and reserved_tokens({"max_tokens": True}) == 0
+
+
+def test_store_choice():
+    assert isinstance(build_limiter(LimitsConfig()), InProcessLimiter)
+    assert isinstance(build_limiter(LimitsConfig(redis_url_env="R"), {"R": "redis://x:6379/0"}), RedisLimiter)
+    with pytest.raises(ValueError, match="REDIS_URL, which is not set"):
+        build_limiter(LimitsConfig(redis_url_env="REDIS_URL"), {})
