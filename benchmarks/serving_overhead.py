@@ -2,24 +2,23 @@
 
 Each server serves the same tiny model (builtin://tiny-chat) on the CPU and gets the same load:
 streaming chat completions of exactly 16 tokens at concurrency 1, 8 and 32. The servers of a phase
-run side by side (idle while another is measured) and are measured in turns, A B C A B C ..., so a
-drift in the machine's speed hits all of them alike; each ratio is the median of the per-round
-ratios. It prints requests/s, time to first token and inter-token latency (p50/p99) per server, then
-the ratios, where
+take turns (A B C A B C ...; one runs at a time: on two cores an idle Ray cluster beside the measured
+one skews it) and each ratio is the median of the per-cycle ratios, so a drift in the machine's speed
+hits all servers alike. It prints requests/s, time to first token and inter-token latency (p50/p99)
+per server, then the ratios, where
   A   = our app, one model, fast path (direct streaming; gateway inside the engine replica; API key on)
   A'  = our app, one model, through the gateway deployment (gateway.direct_streaming: false; API key on)
   B   = plain ray.serve.llm.build_openai_app with the fast-path settings
   B0  = plain build_openai_app with Ray's defaults (50 ms stream batching, no HAProxy)
   C   = vLLM's own OpenAI server
-Phase 1 runs A, B and C; phase 2 runs A', B and B0. Run it with `make bench` (about 10 minutes on
-two cores). Absolute numbers depend on the machine; read the ratios.
+Phase 1 runs A, B and C; phase 2 runs A', B and B0. Run it with `make bench` (about 25 minutes on
+two cores with the default 3 cycles). Absolute numbers depend on the machine; read the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -196,9 +195,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phases", default="A,B,C;A',B,B0", help="servers measured together, phases split by ;")
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--rounds", type=int, default=3, help="turns per server and concurrency level")
-    parser.add_argument("--requests-per-round", type=int, default=0,
-                        help="requests per turn (default: max(24, 3 x concurrency))")
+    parser.add_argument("--cycles", type=int, default=3, help="turns of each server (default: 3)")
+    parser.add_argument("--requests-per-level", type=int, default=0,
+                        help="requests per concurrency level and turn (default: max(32, 4 x concurrency))")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -207,23 +206,19 @@ def main() -> None:
     model_path = str(tiny_chat_path())
     for phase in args.phases.split(";"):
         names = phase.split(",")
-        rounds: Dict[str, Dict[int, List[LoadResult]]] = {name: {c: [] for c in levels} for name in names}
-        with tempfile.TemporaryDirectory(prefix="llm-serving-bench-") as tmp, contextlib.ExitStack() as running:
-            started = []
-            for server in servers(Path(tmp), model_path, names):
-                print(f"-- starting {server.name}", flush=True)
-                started.append(running.enter_context(server))
-                asyncio.run(run_load(server.base_url, 4, 16))  # warm-up
-            for concurrency in levels:
-                total = args.requests_per_round or max(24, 3 * concurrency)
-                for turn in range(args.rounds):
-                    for server in started:
-                        result = asyncio.run(run_load(server.base_url, concurrency, total))
-                        rounds[server.name][concurrency].append(result)
-                print(f"   c={concurrency}: " + ", ".join(
-                    f"{n} {statistics.median(r.requests_per_s for r in rounds[n][concurrency]):.1f} req/s"
-                    for n in names), flush=True)
-        print_table(rounds, levels)
+        turns: Dict[str, Dict[int, List[LoadResult]]] = {name: {c: [] for c in levels} for name in names}
+        with tempfile.TemporaryDirectory(prefix="llm-serving-bench-") as tmp:
+            for cycle in range(args.cycles):
+                for server in servers(Path(tmp), model_path, names):
+                    with server:
+                        asyncio.run(run_load(server.base_url, 4, 16))  # warm-up
+                        for concurrency in levels:
+                            total = args.requests_per_level or max(32, 4 * concurrency)
+                            turns[server.name][concurrency].append(
+                                asyncio.run(run_load(server.base_url, concurrency, total)))
+                    print(f"-- cycle {cycle + 1}, {server.name}: " + ", ".join(
+                        f"c={c} {turns[server.name][c][-1].requests_per_s:.1f} req/s" for c in levels), flush=True)
+        print_table(turns, levels)
 
 
 def merged(results: List[LoadResult]) -> LoadResult:
@@ -235,10 +230,10 @@ def merged(results: List[LoadResult]) -> LoadResult:
     )
 
 
-def print_table(rounds: Dict[str, Dict[int, List[LoadResult]]], levels: List[int]) -> None:
-    print(f"\n{TOKENS} tokens per request, streaming; req/s is the median turn; latencies in ms")
+def print_table(turns: Dict[str, Dict[int, List[LoadResult]]], levels: List[int]) -> None:
+    print(f"\n{TOKENS} tokens per request, streaming; req/s is the median turn; latencies in ms over all turns")
     print(f"{'server':<7}{'conc':>5}{'req/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}{'ITL p99':>9}{'errors':>8}")
-    for name, by_level in rounds.items():
+    for name, by_level in turns.items():
         for concurrency in levels:
             r = merged(by_level[concurrency])
             print(f"{name:<7}{concurrency:>5}{r.requests_per_s:>9.1f}{percentile(r.ttft_ms, 50):>10.1f}"
@@ -247,14 +242,14 @@ def print_table(rounds: Dict[str, Dict[int, List[LoadResult]]], levels: List[int
     print("\nratios: median over turns of requests/s ours/theirs (TTFT p50 difference in ms)")
     for ours in ("A", "A'"):
         for base in ("B", "B0", "C"):
-            if ours not in rounds or base not in rounds:
+            if ours not in turns or base not in turns:
                 continue
             cells = []
             for concurrency in levels:
-                pairs = zip(rounds[ours][concurrency], rounds[base][concurrency])
+                pairs = zip(turns[ours][concurrency], turns[base][concurrency])
                 ratio = statistics.median(a.requests_per_s / b.requests_per_s for a, b in pairs)
-                delta = (percentile(merged(rounds[ours][concurrency]).ttft_ms, 50)
-                         - percentile(merged(rounds[base][concurrency]).ttft_ms, 50))
+                delta = (percentile(merged(turns[ours][concurrency]).ttft_ms, 50)
+                         - percentile(merged(turns[base][concurrency]).ttft_ms, 50))
                 cells.append(f"c={concurrency}: {ratio:.2f}x ({delta:+.1f} ms)")
             print(f"{ours}/{base}: " + ", ".join(cells))
 

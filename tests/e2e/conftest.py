@@ -1,4 +1,6 @@
-"""One running app shared by the end-to-end tests: the dev-cpu profile with API keys turned on.
+"""One running app shared by the end-to-end tests: values/dev-cpu.yaml rendered through the
+llm-serving chart (with API keys turned on), its RayService serveConfigV2 served by the real
+`llm-serving serve`. So these tests also prove that the chart and the image agree.
 
 Starting Ray and two vLLM engines takes about a minute on two cores, so every test that can share
 the instance does.
@@ -13,6 +15,7 @@ import pytest
 import yaml
 
 from llm_serving.config_files import load_app_args
+from tests.charts.render import VALUES, render_chart
 from tests.e2e.servers import REPO, start_app
 
 CHAT_MODEL = "tiny-chat"
@@ -33,13 +36,22 @@ def dev_cpu_with_keys(keys_file) -> dict:
     return args
 
 
+def serve_config_rendered_by_the_chart(keys_file) -> str:
+    """The serveConfigV2 that `helm install -f values/dev-cpu.yaml` would hand to KubeRay."""
+    auth = {"mode": "api_key", "api_keys": {"file": str(keys_file)}}
+    objects = render_chart("llm-serving", values_files=[VALUES / "dev-cpu.yaml"],
+                           values={"app": {"gateway": {"auth": auth}}})
+    (rayservice,) = [obj for obj in objects if obj["kind"] == "RayService"]
+    return rayservice["spec"]["serveConfigV2"]
+
+
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory):
     work = tmp_path_factory.mktemp("gateway")
     keys_file = work / "api-keys.yaml"
     keys_file.write_text(yaml.safe_dump(KEYS_DOCUMENT))
-    config_file = work / "app.yaml"
-    config_file.write_text(yaml.safe_dump(dev_cpu_with_keys(keys_file)))
+    config_file = work / "serve-config.yaml"
+    config_file.write_text(serve_config_rendered_by_the_chart(keys_file))
     app = start_app(
         config_file,
         work / "serve.log",

@@ -81,3 +81,27 @@ def test_stream_clients_that_did_not_ask_for_usage_do_not_get_it(traffic):
     *_, streamed = traffic
     assert all(chunk.usage is None for chunk in streamed)
     assert all(chunk.choices for chunk in streamed)
+
+
+def test_every_metric_the_dashboards_and_alerts_use_is_exported(gateway, client, traffic):
+    """The llm-monitoring chart must show something: each raw metric name its dashboards and alert
+    rules query appears in a scrape of the running app, unless it is listed (with the reason) as one
+    a CPU setup cannot export (GPU/DCGM, the KubeRay operator, ...)."""
+    from tests.charts.monitoring_metrics import metric_names_used, metrics_not_on_cpu
+
+    # A prefix-cache hit (the same long prompt twice) and a 5xx-free run export the remaining families.
+    long_prompt = "Ray Serve routes requests to vLLM engines on GPU nodes. " * 20
+    for _ in range(2):
+        client.completions.create(model=CHAT_MODEL, prompt=long_prompt, max_tokens=2)
+    used = metric_names_used()
+    exempt = set(metrics_not_on_cpu())
+    deadline = time.monotonic() + SCRAPE_DEADLINE_S
+    while True:
+        exported = {name for name, _ in scrape(gateway)}
+        missing = {name: places for name, places in used.items() if name not in exported and name not in exempt}
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert not missing, "used by dashboards/alerts but not exported:\n" + "\n".join(
+        f"  {name}: {sorted(places)[:3]}" for name, places in sorted(missing.items()))
+    assert exempt <= set(used), f"listed as not-on-CPU but no longer used: {sorted(exempt - set(used))}"
