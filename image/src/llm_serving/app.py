@@ -17,6 +17,7 @@ from ray.serve.llm import LLMConfig
 
 from llm_serving.config import AppConfig, ModelConfig, parse_app_config
 from llm_serving.ingress import GatewayIngress
+from llm_serving.rag.store import build_rag_store_deployment
 from llm_serving.server import GatewayLLMServer
 
 GATEWAY_DEPLOYMENT = "Gateway"
@@ -66,6 +67,7 @@ def uses_direct_streaming(config: AppConfig) -> bool:
     return (
         config.gateway.direct_streaming
         and len(config.models) == 1
+        and config.rag is None  # RAG lives in the gateway deployment
         and RAY_SERVE_ENABLE_HA_PROXY  # as Ray itself read it when it was imported
     )
 
@@ -106,8 +108,16 @@ def build_app(args: Dict[str, Any]) -> Application:
             "target_ongoing_requests": ingress.target_ongoing_requests,
         },
     }
+    rag_kwargs = {}
+    if config.rag is not None:
+        embedding_models = sorted(name for name, model in config.models.items() if model.task == "embed")
+        rag_kwargs = {
+            "rag": {"config": config.rag.model_dump(), "embedding_models": embedding_models},
+            "rag_store": build_rag_store_deployment(config.rag),
+        }
     return serve.deployment(GatewayIngress, name=GATEWAY_DEPLOYMENT, **ingress_options, **traffic).bind(
         llm_deployments={name: build_llm_deployment(c) for name, c in llm_configs.items()},
         model_cards={name: to_model_metadata(name, c) for name, c in llm_configs.items()},
         gateway=gateway,
+        **rag_kwargs,
     )

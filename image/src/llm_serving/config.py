@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ray.llm._internal.serve.core.configs.accelerators import AcceleratorType
 
+from llm_serving.rag.prompt import DEFAULT_INSTRUCTIONS
+
 from llm_serving.traffic_config import TrafficConfig
 
 # The accelerator types Ray Serve LLM accepts, so the chart's schema rejects a typo at `helm template`.
@@ -184,11 +186,86 @@ class GatewayConfig(StrictModel):
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="Gateway deployment sizing.")
 
 
+class RagStoreConfig(StrictModel):
+    """The vector store (pymilvus): a Milvus Lite file owned by one replica, or a Milvus server."""
+
+    uri: str = Field(
+        ...,
+        min_length=1,
+        description=(
+            "Milvus Lite: an absolute path of a file ending in .db (on a persistent volume to survive "
+            "restarts). Milvus server: its URI, e.g. http://milvus.milvus.svc:19530 or https://..."
+        ),
+    )
+    token_env: Optional[str] = Field(
+        None, description="Environment variable holding the server's token (user:password or an API key)."
+    )
+    user_env: Optional[str] = Field(None, description="Environment variable holding the server's user name.")
+    password_env: Optional[str] = Field(None, description="Environment variable holding the server's password.")
+    db_name: Optional[str] = Field(None, description="Milvus database on the server; empty: the default one.")
+    replicas: int = Field(
+        1, ge=1, description="Store replicas; a Milvus Lite file allows only 1 (one process may own it)."
+    )
+
+    @property
+    def is_lite(self) -> bool:
+        return "://" not in self.uri
+
+    @model_validator(mode="after")
+    def _lite_rules(self) -> "RagStoreConfig":
+        if self.is_lite:
+            if not (self.uri.startswith("/") and self.uri.endswith(".db")):
+                raise ValueError(
+                    f"rag.store.uri {self.uri!r} is neither a server URI (http://host:19530) nor an "
+                    "absolute Milvus Lite file path ending in .db; use e.g. /data/rag/milvus.db"
+                )
+            if self.replicas != 1:
+                raise ValueError("rag.store.replicas must be 1 with a Milvus Lite file; use a Milvus server to scale")
+            if self.token_env or self.user_env or self.password_env or self.db_name:
+                raise ValueError("credentials and db_name apply to a Milvus server; remove them for a Lite file")
+        return self
+
+
+class RagConfig(StrictModel):
+    """Retrieval-augmented generation: /v1/rag/... endpoints and `rag` on chat completions."""
+
+    store: RagStoreConfig = Field(..., description="Where chunks and their embeddings are stored.")
+    default_embedding_model: Optional[str] = Field(
+        None, description="Embedding model of new collections that name none; default: the only embed model."
+    )
+    chunk_size: int = Field(800, ge=32, le=8000, description="Default largest chunk, in characters (per collection).")
+    chunk_overlap: int = Field(
+        100, ge=0, description="Default characters repeated between neighbouring chunks (per collection)."
+    )
+    max_document_chars: int = Field(
+        200_000, ge=1, description="Longest document text accepted; longer ones get 400 and nothing is stored."
+    )
+    max_documents_per_request: int = Field(64, ge=1, description="Most documents one ingestion request may carry.")
+    embed_batch_size: int = Field(32, ge=1, description="Chunks embedded per request to the embedding model.")
+    default_top_k: int = Field(4, ge=1, description="Chunks retrieved when a request does not say.")
+    max_top_k: int = Field(50, ge=1, description="Most chunks one search or chat may retrieve.")
+    max_context_chars: int = Field(
+        6000, ge=100, description="Most characters of retrieved text put into a chat prompt (fit the model's context)."
+    )
+    instructions: str = Field(
+        DEFAULT_INSTRUCTIONS, min_length=1, description="System instructions placed before the numbered sources."
+    )
+
+    @model_validator(mode="after")
+    def _chunk_rules(self) -> "RagConfig":
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("rag.chunk_overlap must be smaller than rag.chunk_size")
+        if self.default_top_k > self.max_top_k:
+            raise ValueError("rag.default_top_k is greater than rag.max_top_k")
+        return self
+
+
 class AppConfig(StrictModel):
     """Arguments of `llm_serving.app:build_app` (the RayService serveConfigV2 `args`)."""
 
     models: Dict[str, ModelConfig] = Field(..., min_length=1, description="Models keyed by their public name.")
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="Gateway settings.")
+    rag: Optional[RagConfig] = Field(None, description="Retrieval-augmented generation; off when absent.")
     traffic: TrafficConfig = Field(
         default_factory=TrafficConfig,
         description=(
@@ -221,6 +298,21 @@ class AppConfig(StrictModel):
     @model_validator(mode="after")
     def _aliases_name_served_models(self) -> "AppConfig":
         self.traffic.check_against_models(list(self.models))
+        return self
+
+    @model_validator(mode="after")
+    def _rag_has_an_embedding_model(self) -> "AppConfig":
+        if self.rag is None:
+            return self
+        embed = sorted(name for name, model in self.models.items() if model.task == "embed")
+        if not embed:
+            raise ValueError("rag needs an embedding model; add a model with task: embed under models")
+        default = self.rag.default_embedding_model
+        if default is not None and default not in embed:
+            raise ValueError(
+                f"rag.default_embedding_model {default!r} is not a model with task: embed; choose one of: "
+                + ", ".join(embed)
+            )
         return self
 
     def on_local_cpu(self) -> "AppConfig":

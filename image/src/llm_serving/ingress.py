@@ -22,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.metrics import GatewayMetrics
 from llm_serving.gateway.middleware import build_gateway, key_store_for
+from llm_serving.rag.routes import rag_layer
 from llm_serving.gateway.traffic import TrafficControl
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,11 @@ class _GatewayOpenAiIngress(OpenAiIngress):
         *,
         gateway: Dict[str, Any],
         lora_paths: Optional[Dict[str, str]] = None,
+        rag: Optional[Dict[str, Any]] = None,
+        rag_store: Optional[DeploymentHandle] = None,
     ):
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
+        self._rag, self._rag_store = rag, rag_store
         self._gateway_config = GatewayConfig.model_validate(gateway)
         self._key_store = key_store_for(self._gateway_config)
         self._readiness = ModelReadiness(llm_deployments)
@@ -101,9 +105,12 @@ class GatewayIngress(make_fastapi_ingress(_GatewayOpenAiIngress, app=_ingress_fa
     async def __init__(self, *args, **kwargs):
         await super().__init__(*args, **kwargs)
         self._readiness.start()
+        app = self._asgi_app
+        if self._rag is not None:  # /v1/rag/... and `rag` on chat, inside the gateway's checks
+            app = rag_layer(app, self._rag, self._default_serve_handles, self._rag_store)
         self._set_asgi_app(
             build_gateway(
-                self._asgi_app,
+                app,
                 self._gateway_config,
                 list(self._model_cards),
                 self._key_store,
