@@ -39,14 +39,25 @@ def traffic(client, gateway):
     client.embeddings.create(model=EMBED_MODEL, input="metrics")
     httpx.post(f"{gateway.api_url}/chat/completions", json={"model": "no-such-model", "messages": []},
                headers={"authorization": f"Bearer {client.api_key}"})
-    expected_generated = plain.usage.completion_tokens + 7
+    expected = [  # (series, labels, least growth) that this traffic must produce
+        ("ray_llm_serving_requests_total",
+         dict(model=CHAT_MODEL, api_key="full-access", route="/v1/chat/completions", status_code="200"), 2),
+        ("ray_llm_serving_requests_total", dict(model=EMBED_MODEL, route="/v1/embeddings", status_code="200"), 1),
+        ("ray_llm_serving_requests_total", dict(model="none", status_code="404"), 1),
+        ("ray_llm_serving_generated_tokens_total", dict(model=CHAT_MODEL, api_key="full-access"),
+         plain.usage.completion_tokens + 7),
+        ("ray_llm_serving_inter_token_latency_ms_count", dict(model=CHAT_MODEL), 5),
+    ]
+    # Ray's agent exports on an interval, and series from earlier requests (the start-up probes) may
+    # land after `before`: wait until every series this traffic must grow has grown.
     deadline = time.monotonic() + SCRAPE_DEADLINE_S
     while True:
         after = scrape(gateway)
-        grown = (total(after, "ray_llm_serving_generated_tokens_total", model=CHAT_MODEL)
-                 - total(before, "ray_llm_serving_generated_tokens_total", model=CHAT_MODEL))
-        if grown >= expected_generated or time.monotonic() > deadline:
+        caught_up = all(total(after, name, **labels) - total(before, name, **labels) >= least
+                        for name, labels, least in expected)
+        if caught_up or time.monotonic() > deadline:
             return before, after, plain, streamed
+        time.sleep(2)
 
 
 def delta(traffic, name, **labels):

@@ -7,6 +7,8 @@ import os
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import List, Optional
 
@@ -97,6 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"llm-serving: deploying {path} (models: {', '.join(config.models)}; {topology})", flush=True)
         serve.run(build_app(config.model_dump()), name=APP_NAME, route_prefix="/")
         url = f"http://{args.host}:{args.port}"
+        _wait_until_ready(url)
         print(f"llm-serving: ready at {url}/v1 (OpenAI-compatible; probes at {url}/healthz, {url}/readyz)", flush=True)
         while True:
             time.sleep(3600)
@@ -106,6 +109,22 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _wait_until_ready(url: str, timeout_s: float = 120) -> None:
+    """serve.run returns once Serve reports the app running; the gateway learns that from its own
+    poll a moment later. Say "ready" only when /readyz agrees, so the first request succeeds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass  # 503 (a model still loading) or not listening yet
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url}/readyz did not report ready within {timeout_s:.0f} s")
+        time.sleep(0.5)
 
 
 def _raise_keyboard_interrupt(signum, frame):
