@@ -88,7 +88,7 @@ class GatewayMiddleware:
             if scope["method"] == "POST" and _is_json(scope) and path.startswith(RAG_PATH_PREFIX):
                 body = await self._read_body(scope, receive)
                 self._parse(body)  # size limit and JSON errors as for every other route
-                receive = _replay(body, receive)
+                receive = replay_body(body, receive)
             elif scope["method"] == "POST" and _is_json(scope):
                 body = await self._read_body(scope, receive)
                 payload = self._parse(body)
@@ -98,12 +98,12 @@ class GatewayMiddleware:
                 exchange.model = alias if variant is not None else exchange.variant
                 if variant is not None:
                     body = json.dumps(payload).encode()  # `model` rewritten to the variant
-                    scope = _with_content_length(scope, len(body))
+                    scope = with_content_length(scope, len(body))
                     send = with_variant_header(send, variant)
                 forwarded = exchange.request_usage_in_stream(payload, body)
                 if forwarded is not body:
-                    scope = _with_content_length(scope, len(forwarded))
-                receive = _replay(forwarded, receive)
+                    scope = with_content_length(scope, len(forwarded))
+                receive = replay_body(forwarded, receive)
                 if traffic is not None:
                     admission = await admit(traffic, exchange.api_key, payload)
             elif traffic is not None and traffic.aliases and path == "/v1/models" and scope["method"] == "GET":
@@ -296,12 +296,13 @@ def _too_large(limit: int) -> GatewayError:
     )
 
 
-def _with_content_length(scope: Scope, length: int) -> Scope:
+def with_content_length(scope: Scope, length: int) -> Scope:
+    """The scope with its Content-Length set to a rewritten body's length."""
     headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != b"content-length"]
     return {**scope, "headers": [*headers, (b"content-length", str(length).encode())]}
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
     """A receive that hands the already-read body on once, then defers to the client's stream."""
     sent = False
 

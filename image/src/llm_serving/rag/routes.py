@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_serving.gateway.errors import GatewayError, send_json
-from llm_serving.gateway.middleware import API_KEY_SCOPE, RAG_PATH_PREFIX
+from llm_serving.gateway.middleware import API_KEY_SCOPE, RAG_PATH_PREFIX, replay_body, with_content_length
 from llm_serving.rag.prompt import build_rag_messages, retrieval_query
 from llm_serving.rag.service import (
     AddDocumentsRequest,
@@ -60,7 +60,7 @@ class RagRoutes:
                 if isinstance(payload, dict) and RAG_FIELD in payload:
                     await self._rag_chat(scope, payload, receive, send)
                     return
-                receive = _replay(body, receive)
+                receive = replay_body(body, receive)
         except GatewayError as error:
             await error.send(send)
             return
@@ -161,8 +161,8 @@ class RagRoutes:
             "citations": [{"index": number, **hit} for number, hit in enumerate(hits[:used], start=1)],
         }
         body = json.dumps(payload).encode()
-        scope = _with_content_length(scope, len(body))
-        await self.app(scope, _replay(body, receive), _with_rag_field(send, rag))
+        scope = with_content_length(scope, len(body))
+        await self.app(scope, replay_body(body, receive), _with_rag_field(send, rag))
 
 
 def _collection_object(collection: Dict[str, Any]) -> Dict[str, Any]:
@@ -240,24 +240,6 @@ def _json_object(body: bytes) -> Any:
         return json.loads(body) if body else None
     except (ValueError, UnicodeDecodeError) as error:
         raise GatewayError(400, f"Request body is not valid JSON: {error}", code="invalid_json") from None
-
-
-def _with_content_length(scope: Scope, length: int) -> Scope:
-    headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != b"content-length"]
-    return {**scope, "headers": [*headers, (b"content-length", str(length).encode())]}
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 def rag_layer(app: ASGIApp, rag: Dict[str, Any], model_handles: Dict[str, Any], store: Any) -> ASGIApp:
