@@ -16,6 +16,7 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig
 
 from llm_serving.config import AppConfig, ModelConfig, parse_app_config
+from llm_serving.config_files import APP_NAME, IMPORT_PATH
 from llm_serving.ingress import GatewayIngress
 from llm_serving.rag.store import build_rag_store_deployment
 from llm_serving.server import GatewayLLMServer
@@ -79,6 +80,25 @@ def gateway_deployment_name(config: AppConfig) -> str:
         (name,) = config.models
         return f"{GatewayLLMServer.__name__}:{name.replace('/', '--').replace('.', '_')}"
     return GATEWAY_DEPLOYMENT
+
+
+def serve_application(config: AppConfig) -> Dict[str, Any]:
+    """The Serve application (one entry of a Serve config's `applications:`) the chart renders into
+    serveConfigV2 (see llm-serving.serveConfig): `traffic` goes to the gateway deployment's
+    user_config, everything else is `args`. `llm-serving serve` deploys this declaratively, as
+    KubeRay does, so a change of `traffic` alone is applied in place there too."""
+    return {
+        "name": APP_NAME,
+        "import_path": IMPORT_PATH,
+        "route_prefix": "/",
+        "args": config.model_dump(mode="json", exclude={"traffic"}),
+        "deployments": [
+            {
+                "name": gateway_deployment_name(config),
+                "user_config": config.traffic.model_dump(mode="json", exclude_defaults=True),
+            }
+        ],
+    }
 
 
 def build_app(args: Dict[str, Any]) -> Application:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -10,14 +11,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from llm_serving.config_files import ConfigFileError, find_default_profile, load_app_args
 
 # Nothing here imports Ray at module level: Ray reads these variables once, when it is imported,
 # so main() sets them first.
-
-APP_NAME = "llm-serving"
 
 # Ray Serve's fast path (see the README's performance section): throughput-optimized Serve,
 # HAProxy in front and, with one model, the engine replica as the ingress. Set only where the
@@ -78,7 +77,8 @@ def _serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from llm_serving.app import build_app, uses_direct_streaming
+    from llm_serving.app import serve_application, uses_direct_streaming
+    from llm_serving.local_deploy import DeployFailed, LocalDeployer
 
     # More logical CPUs than cores: each CPU engine holds a bundle, and the gateway and Serve's own
     # actors still need room to be scheduled.
@@ -86,9 +86,11 @@ def _serve(args: argparse.Namespace) -> int:
     # address=local: always a fresh cluster of our own, never one that happens to be running.
     ray.init(address="local", num_cpus=num_cpus, _metrics_export_port=args.metrics_port)
     # After ray.init, which installs its own SIGTERM handler: SIGTERM and SIGINT (even where the
-    # parent shell started us with SIGINT ignored) both stop Serve and Ray cleanly.
+    # parent shell started us with SIGINT ignored) both stop Serve and Ray cleanly; SIGHUP reloads.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGHUP, _request_reload)
+    url = f"http://{args.host}:{args.port}"
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         topology = (
@@ -97,12 +99,18 @@ def _serve(args: argparse.Namespace) -> int:
             else "gateway deployment in front of the engines"
         )
         print(f"llm-serving: deploying {path} (models: {', '.join(config.models)}; {topology})", flush=True)
-        serve.run(build_app(config.model_dump()), name=APP_NAME, route_prefix="/")
-        url = f"http://{args.host}:{args.port}"
+        deployer = LocalDeployer()
+        deployer.apply(serve_application(config))
         _wait_until_ready(url)
         print(f"llm-serving: ready at {url}/v1 (OpenAI-compatible; probes at {url}/healthz, {url}/readyz)", flush=True)
+        print(f"llm-serving: after editing {path}, `kill -HUP {os.getpid()}` applies it", flush=True)
         while True:
-            time.sleep(3600)
+            time.sleep(0.5)  # signals interrupt the sleep; their handlers run first
+            if _reload_requested.pop():
+                _reload(path, args.on_cpu, deployer, url)
+    except DeployFailed as error:
+        print(f"llm-serving: Serve could not deploy {path}: {error}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         print("llm-serving: stopping", flush=True)
         return 0
@@ -111,9 +119,54 @@ def _serve(args: argparse.Namespace) -> int:
         ray.shutdown()
 
 
+def _reload(path: Path, on_cpu: bool, deployer, url: str) -> None:
+    """Apply the edited config file, as `helm upgrade` does on a cluster: a change of `traffic`
+    alone reconfigures the gateway in place, any other change restarts what it touches. A file that
+    does not validate changes nothing."""
+    from llm_serving.app import serve_application
+    from llm_serving.config import ConfigError
+
+    print(f"llm-serving: reloading {path}", flush=True)
+    try:
+        _, config = _load(path, on_cpu)
+        change = deployer.apply(serve_application(config))
+        _wait_until_ready(url)
+    except (ConfigError, ConfigFileError) as error:
+        print(f"llm-serving: reload refused, the running config stays in force: {error}", flush=True)
+        return
+    except RuntimeError as error:  # DeployFailed, or /readyz not ready in time
+        print(f"llm-serving: reload failed: {error}", flush=True)
+        return
+    print(
+        f"llm-serving: reloaded {path}; replicas kept: {_replica_list(change.kept(), change.after)}; "
+        f"replaced: {_replica_list(change.replaced(), change.after)}",
+        flush=True,
+    )
+    refused = _readiness(url).get("traffic", {}).get("rejected")
+    if refused:
+        print(f"llm-serving: the gateway {refused}", flush=True)
+
+
+def _replica_list(deployments: List[str], replica_ids: Dict[str, List[str]]) -> str:
+    if not deployments:
+        return "none"
+    return ", ".join(f"{name} [{' '.join(replica_ids.get(name, []))}]" for name in deployments)
+
+
+def _readiness(url: str) -> Dict[str, Any]:
+    """/readyz's JSON body (ready or not), or {} when it cannot be read."""
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return json.loads(error.read() or b"{}")
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+
+
 def _wait_until_ready(url: str, timeout_s: float = 120) -> None:
-    """serve.run returns once Serve reports the app running; the gateway learns that from its own
-    poll a moment later. Say "ready" only when /readyz agrees, so the first request succeeds."""
+    """Serve reports the app running; the gateway learns that from its own poll a moment later.
+    Say "ready" only when /readyz agrees, so the first request succeeds."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -125,6 +178,27 @@ def _wait_until_ready(url: str, timeout_s: float = 120) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url}/readyz did not report ready within {timeout_s:.0f} s")
         time.sleep(0.5)
+
+
+class _ReloadRequest:
+    """Set by the SIGHUP handler, taken by the main loop (no locks: handlers run between bytecodes)."""
+
+    def __init__(self) -> None:
+        self._requested = False
+
+    def set(self) -> None:
+        self._requested = True
+
+    def pop(self) -> bool:
+        requested, self._requested = self._requested, False
+        return requested
+
+
+_reload_requested = _ReloadRequest()
+
+
+def _request_reload(signum, frame):
+    _reload_requested.set()
 
 
 def _raise_keyboard_interrupt(signum, frame):

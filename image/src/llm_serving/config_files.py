@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 import yaml
 
 IMPORT_PATH = "llm_serving.app:build_app"
+APP_NAME = "llm-serving"  # the Serve application's name, as the chart renders it
 DEFAULT_PROFILE = Path("values") / "dev-cpu.yaml"
 
 
@@ -21,7 +22,8 @@ def app_args_from_document(document: Any, source: str) -> Dict[str, Any]:
 
     - a values profile (the chart's values): its `app:` block;
     - a Serve config (e.g. a RayService's rendered serveConfigV2): the `args` of the application
-      whose import_path is llm_serving.app:build_app;
+      whose import_path is llm_serving.app:build_app, with `traffic` taken back from the gateway
+      deployment's `user_config` where the chart puts it;
     - the args themselves (a mapping with `models:`).
     """
     if not isinstance(document, dict):
@@ -29,7 +31,7 @@ def app_args_from_document(document: Any, source: str) -> Dict[str, Any]:
     if "applications" in document:
         for application in document["applications"] or []:
             if application.get("import_path") == IMPORT_PATH:
-                return application.get("args") or {}
+                return _args_of_serve_application(application, source)
         raise ConfigFileError(f"{source}: no application with import_path {IMPORT_PATH}")
     if "app" in document:
         return document["app"]
@@ -38,6 +40,26 @@ def app_args_from_document(document: Any, source: str) -> Dict[str, Any]:
     raise ConfigFileError(
         f"{source}: found none of `app:` (values profile), `applications:` (Serve config) or `models:` (app args)"
     )
+
+
+def _args_of_serve_application(application: Dict[str, Any], source: str) -> Dict[str, Any]:
+    args = dict(application.get("args") or {})
+    for deployment in application.get("deployments") or []:
+        name = deployment.get("name", "?")
+        unread = sorted(set(deployment) - {"name", "user_config"})
+        if unread:
+            raise ConfigFileError(
+                f"{source}: deployments.{name} sets {', '.join(unread)}; only the gateway's user_config "
+                "(the traffic config) is read from `deployments:`, set replicas and resources under `models`"
+            )
+        if "user_config" in deployment:
+            if "traffic" in args:
+                raise ConfigFileError(
+                    f"{source}: the traffic config is set twice, in args.traffic and in "
+                    f"deployments.{name}.user_config; keep one"
+                )
+            args["traffic"] = deployment["user_config"] or {}
+    return args
 
 
 def load_app_args(path: Path) -> Dict[str, Any]:

@@ -1,0 +1,97 @@
+"""Deploying on the local Ray the way KubeRay does on a cluster: declaratively, from a Serve config.
+
+`serve.run` deploys imperatively, and Ray Serve treats every imperative redeploy as new code that
+restarts every replica. A declarative deploy (the path of the Serve REST API, which KubeRay uses)
+compares the application's code version (import path and args): when only a deployment's
+`user_config` changed, Serve calls `reconfigure` on the running replicas instead. `llm-serving
+serve` deploys this way, so reloading a changed `traffic` block changes weights, keys and limits
+without restarting an engine, exactly as `helm upgrade` does on a cluster.
+
+Imported only after Ray's environment is set (see cli.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from ray.serve.context import _get_global_client
+from ray.serve.schema import ApplicationStatus, ServeDeploySchema, ServeInstanceDetails
+
+POLL_INTERVAL_S = 0.2
+
+
+class DeployFailed(RuntimeError):
+    """Serve could not deploy the application; the message is Serve's own."""
+
+
+@dataclass(frozen=True)
+class ReplicaChange:
+    """Replica ids per deployment before and after a deploy."""
+
+    before: Dict[str, List[str]]
+    after: Dict[str, List[str]]
+
+    def kept(self) -> List[str]:
+        return sorted(name for name, ids in self.after.items() if ids and self.before.get(name) == ids)
+
+    def replaced(self) -> List[str]:
+        return sorted(name for name in self.before.keys() | self.after.keys() if name not in self.kept())
+
+
+class LocalDeployer:
+    """Applies one Serve application to the Serve instance this process started."""
+
+    def __init__(self) -> None:
+        self._client = _get_global_client()
+        self._current: Optional[Dict[str, Any]] = None
+
+    def apply(self, application: Dict[str, Any]) -> ReplicaChange:
+        """Deploy `application` and return once Serve runs it, with the new user_config in force."""
+        before = self.replica_ids(application["name"])
+        rebuilds = self._current is None or _without_deployments(application) != _without_deployments(self._current)
+        self._client.deploy_apps(ServeDeploySchema.model_validate({"applications": [application]}))
+        self._current = application
+        self._wait_until_applied(application, rebuilds)
+        return ReplicaChange(before, self.replica_ids(application["name"]))
+
+    def replica_ids(self, app_name: str) -> Dict[str, List[str]]:
+        """The running replicas of each deployment of the application (none before it exists)."""
+        application = self._details().applications.get(app_name)
+        if application is None:
+            return {}
+        return {
+            name: sorted(r.replica_id for r in deployment.replicas if r.state == "RUNNING")
+            for name, deployment in application.deployments.items()
+        }
+
+    def _details(self) -> ServeInstanceDetails:
+        return ServeInstanceDetails(**self._client.get_serve_details())
+
+    def _wait_until_applied(self, application: Dict[str, Any], rebuilds: bool) -> None:
+        # Serve answers status from its control loop, so right after deploy_apps it may still show
+        # the old application as RUNNING. Two signs that the new one is in force: the gateway
+        # deployment's target user_config is the new one (set by the loop together with its
+        # status) and, when args changed (a rebuild), the application went through DEPLOYING.
+        (gateway,) = application["deployments"]
+        went_through_deploying = not rebuilds
+        while True:
+            state = self._details().applications.get(application["name"])
+            if state is not None:
+                if state.status == ApplicationStatus.DEPLOY_FAILED:
+                    raise DeployFailed(state.message)
+                if state.status != ApplicationStatus.RUNNING:
+                    went_through_deploying = True
+                deployment = state.deployments.get(gateway["name"])
+                user_config_in_force = (
+                    deployment is not None
+                    and (deployment.deployment_config.user_config or {}) == gateway["user_config"]
+                )
+                if state.status == ApplicationStatus.RUNNING and user_config_in_force and went_through_deploying:
+                    return
+            time.sleep(POLL_INTERVAL_S)
+
+
+def _without_deployments(application: Dict[str, Any]) -> Dict[str, Any]:
+    return {key: value for key, value in application.items() if key != "deployments"}
