@@ -1,15 +1,13 @@
 """Per-key limits on both stores: in-process counters and a real redis-server (ci/install-tools.sh)."""
 
 import asyncio
-import shutil
-import subprocess
 import time
 
 import pytest
 
 from llm_serving.gateway.limits import InProcessLimiter, RedisLimiter, build_limiter, limits_for, reserved_tokens
 from llm_serving.traffic_config import LimitConfig, LimitsConfig
-from tests.e2e.servers import free_port
+from tests.e2e.servers import free_port, redis_server
 
 
 class Clock:
@@ -22,18 +20,8 @@ class Clock:
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
-    server = shutil.which("redis-server")
-    assert server, "redis-server is missing: run ci/install-tools.sh"
-    port = free_port()
-    process = subprocess.Popen([server, "--port", str(port), "--save", "", "--appendonly", "no",
-                                "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
-        assert time.monotonic() < deadline, "redis-server did not start"
-        time.sleep(0.1)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(10)
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 def limiters(redis_url, clock, window=60):

@@ -137,14 +137,14 @@ def _reload(path: Path, on_cpu: bool, deployer, url: str) -> None:
     except RuntimeError as error:  # DeployFailed, or /readyz not ready in time
         print(f"llm-serving: reload failed: {error}", flush=True)
         return
-    print(
+    report = (
         f"llm-serving: reloaded {path}; replicas kept: {_replica_list(change.kept(), change.after)}; "
-        f"replaced: {_replica_list(change.replaced(), change.after)}",
-        flush=True,
+        f"replaced: {_replica_list(change.replaced(), change.after)}"
     )
     refused = _readiness(url).get("traffic", {}).get("rejected")
-    if refused:
-        print(f"llm-serving: the gateway {refused}", flush=True)
+    if refused:  # what only the gateway replica could find, e.g. an unreadable keys document
+        report += f"\nllm-serving: gateway: {refused}"
+    print(report, flush=True)
 
 
 def _replica_list(deployments: List[str], replica_ids: Dict[str, List[str]]) -> str:
