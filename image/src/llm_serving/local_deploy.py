@@ -16,10 +16,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
+from ray import serve
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ApplicationStatus, ServeDeploySchema, ServeInstanceDetails
 
-POLL_INTERVAL_S = 0.2
+POLL_INTERVAL_S = 0.5
 
 
 class DeployFailed(RuntimeError):
@@ -74,23 +75,29 @@ class LocalDeployer:
         # the old application as RUNNING. Two signs that the new one is in force: the gateway
         # deployment's target user_config is the new one (set by the loop together with its
         # status) and, when args changed (a rebuild), the application went through DEPLOYING.
+        # Status is cheap to poll; the details (with the user_config) are read only once RUNNING.
         (gateway,) = application["deployments"]
         went_through_deploying = not rebuilds
         while True:
-            state = self._details().applications.get(application["name"])
+            state = serve.status().applications.get(application["name"])
             if state is not None:
                 if state.status == ApplicationStatus.DEPLOY_FAILED:
                     raise DeployFailed(state.message)
                 if state.status != ApplicationStatus.RUNNING:
                     went_through_deploying = True
-                deployment = state.deployments.get(gateway["name"])
-                user_config_in_force = (
-                    deployment is not None
-                    and (deployment.deployment_config.user_config or {}) == gateway["user_config"]
-                )
-                if state.status == ApplicationStatus.RUNNING and user_config_in_force and went_through_deploying:
+                elif went_through_deploying and self._user_config_in_force(application["name"], gateway):
                     return
             time.sleep(POLL_INTERVAL_S)
+
+    def _user_config_in_force(self, app_name: str, gateway: Dict[str, Any]) -> bool:
+        """From one snapshot of the details: still RUNNING, with the new user_config as target."""
+        application = self._details().applications.get(app_name)
+        deployment = application.deployments.get(gateway["name"]) if application else None
+        return (
+            deployment is not None
+            and application.status == ApplicationStatus.RUNNING
+            and (deployment.deployment_config.user_config or {}) == gateway["user_config"]
+        )
 
 
 def _without_deployments(application: Dict[str, Any]) -> Dict[str, Any]:
