@@ -90,6 +90,13 @@ def test_route_labels_stay_bounded():
     assert route_label("/v1/models/tiny-chat") == "/v1/models"
     assert route_label("/v1/chat/completions") == "/v1/chat/completions"
     assert route_label("/admin/../../etc/passwd") == "other"
+    # RAG routes by template: collection and document names would be unbounded label values.
+    assert route_label("/v1/rag/collections") == "/v1/rag/collections"
+    assert route_label("/v1/rag/collections/manuals") == "/v1/rag/collections/{name}"
+    assert route_label("/v1/rag/collections/manuals/documents") == "/v1/rag/collections/{name}/documents"
+    assert route_label("/v1/rag/collections/manuals/documents/a/b") == "/v1/rag/collections/{name}/documents/{id}"
+    assert route_label("/v1/rag/collections/manuals/search") == "/v1/rag/collections/{name}/search"
+    assert route_label("/v1/rag/anything") == "other"
 
 
 def test_rewritten_stream_requests_carry_their_new_length():

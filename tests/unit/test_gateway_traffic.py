@@ -90,6 +90,24 @@ def test_models_list_includes_aliases(tmp_path):
     assert [m["id"] for m in listed["data"]] == [*MODELS, "chat"]
 
 
+def test_an_alias_can_be_retrieved_like_a_model(tmp_path):
+    app, control, _ = gateway(tmp_path, CANARY)
+    card = request(app, "GET", "/v1/models/chat").json()
+    assert card == {"id": "chat", "object": "model", "created": control.state.applied_at, "owned_by": "llm-serving-alias"}
+    listed = request(app, "GET", "/v1/models").json()["data"]
+    assert [m for m in listed if m["id"] == "chat"] == [card]
+    assert request(app, "GET", "/v1/models/chat", key="sk-wrong-000000000000").status_code == 401
+
+
+def test_rag_routes_count_against_the_keys_limits(tmp_path):
+    app, _, _ = gateway(tmp_path, {"limits": {"window_seconds": 3600, "keys": {"team-a": {"requests": 2}}}})
+    # No RAG layer inside this test app: an admitted request reaches it and gets its 404.
+    statuses = [request(app, "POST", "/v1/rag/collections", {"name": "docs"}).status_code,
+                request(app, "GET", "/v1/rag/collections").status_code,
+                request(app, "POST", "/v1/rag/collections", {"name": "docs"}).status_code]
+    assert statuses == [404, 404, 429]
+
+
 def test_limits_answer_429_with_retry_after(tmp_path):
     app, _, _ = gateway(tmp_path, {"limits": {"window_seconds": 3600, "keys": {"team-a": {"requests": 2}}}})
     assert [chat(app, model="embed").status_code for _ in range(2)] == [200, 200]

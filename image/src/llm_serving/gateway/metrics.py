@@ -9,6 +9,7 @@ final usage chunk and removes it again when the client did not ask for it itself
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
@@ -26,10 +27,25 @@ STREAMING_ROUTES = {CHAT_ROUTE, COMPLETIONS_ROUTE}
 LATENCY_BUCKETS_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000]
 
 
+# The RAG API's routes as templates (a collection or document name in a label would be unbounded).
+RAG_ROUTE_TEMPLATES = [
+    (re.compile(r"/v1/rag/collections"), "/v1/rag/collections"),
+    (re.compile(r"/v1/rag/collections/[^/]+"), "/v1/rag/collections/{name}"),
+    (re.compile(r"/v1/rag/collections/[^/]+/documents"), "/v1/rag/collections/{name}/documents"),
+    (re.compile(r"/v1/rag/collections/[^/]+/documents/.+"), "/v1/rag/collections/{name}/documents/{id}"),
+    (re.compile(r"/v1/rag/collections/[^/]+/search"), "/v1/rag/collections/{name}/search"),
+]
+
+
 def route_label(path: str) -> str:
     if path in KNOWN_ROUTES:
         return path
-    return "/v1/models" if path.startswith("/v1/models/") else "other"
+    if path.startswith("/v1/models/"):
+        return "/v1/models"
+    for pattern, template in RAG_ROUTE_TEMPLATES:
+        if pattern.fullmatch(path):
+            return template
+    return "other"
 
 
 @dataclass

@@ -23,6 +23,7 @@ from llm_serving.gateway.metrics import ANONYMOUS, Exchange, route_label
 from llm_serving.gateway.traffic import (
     TrafficControl,
     admit,
+    alias_card,
     resolve_alias,
     settle,
     with_aliases_listed,
@@ -36,6 +37,7 @@ UNAUTHENTICATED_PATHS = {LIVENESS_PATH, READINESS_PATH, "/health"}
 # The RAG API (llm_serving.rag) names collections, not models: auth and limits apply, the model
 # checks do not (the RAG layer checks the key against each collection's embedding model).
 RAG_PATH_PREFIX = "/v1/rag/"
+MODEL_PATH_PREFIX = "/v1/models/"
 # Where the authenticated ApiKey is left in the ASGI scope for the layers inside the gateway.
 API_KEY_SCOPE = "llm_serving.api_key"
 RETRY_AFTER_NOT_READY_S = 5
@@ -81,14 +83,19 @@ class GatewayMiddleware:
         exchange = Exchange(route=route_label(path))
         traffic = self.traffic.state if self.traffic is not None else None
         admission = None
+        alias_answer: Optional[bytes] = None
         try:
             api_key = self._authenticate(scope) if path not in UNAUTHENTICATED_PATHS else None
             exchange.api_key = api_key.name if api_key else ANONYMOUS
             scope[API_KEY_SCOPE] = api_key
-            if scope["method"] == "POST" and _is_json(scope) and path.startswith(RAG_PATH_PREFIX):
-                body = await self._read_body(scope, receive)
-                self._parse(body)  # size limit and JSON errors as for every other route
-                receive = replay_body(body, receive)
+            if path.startswith(RAG_PATH_PREFIX):
+                payload = {}
+                if scope["method"] == "POST" and _is_json(scope):
+                    body = await self._read_body(scope, receive)
+                    payload = self._parse(body)  # size limit and JSON errors as for every other route
+                    receive = replay_body(body, receive)
+                if traffic is not None:  # the key's requests and concurrency limits (RAG reports no tokens)
+                    admission = await admit(traffic, exchange.api_key, payload)
             elif scope["method"] == "POST" and _is_json(scope):
                 body = await self._read_body(scope, receive)
                 payload = self._parse(body)
@@ -107,10 +114,20 @@ class GatewayMiddleware:
                 if traffic is not None:
                     admission = await admit(traffic, exchange.api_key, payload)
             elif traffic is not None and traffic.aliases and path == "/v1/models" and scope["method"] == "GET":
-                send = with_aliases_listed(send, traffic.aliases.names)
+                send = with_aliases_listed(send, traffic)
+            elif (traffic is not None and scope["method"] == "GET" and path.startswith(MODEL_PATH_PREFIX)
+                  and path[len(MODEL_PATH_PREFIX):] in traffic.aliases):
+                # The gateway's own answer: the engines do not know the alias.
+                exchange.model = path[len(MODEL_PATH_PREFIX):]
+                alias_answer = json.dumps(alias_card(exchange.model, traffic.applied_at)).encode()
         except GatewayError as error:
             exchange.status = error.status
             await error.send(send)
+            self._record(exchange)
+            return
+        if alias_answer is not None:
+            exchange.status = 200
+            await send_json(send, 200, alias_answer)
             self._record(exchange)
             return
         try:

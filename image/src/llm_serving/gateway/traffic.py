@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 from pydantic import ValidationError
@@ -44,6 +45,7 @@ class TrafficState:
     config: TrafficConfig
     aliases: AliasTable
     limiter: Any  # InProcessLimiter | RedisLimiter
+    applied_at: int = field(default_factory=lambda: int(time.time()))  # an alias's `created`
 
 
 class TrafficControl:
@@ -159,7 +161,12 @@ def with_variant_header(send: Send, variant: str) -> Send:
     return add_header
 
 
-def with_aliases_listed(send: Send, aliases: List[str]) -> Send:
+def alias_card(alias: str, created: int) -> Dict[str, Any]:
+    """An alias as OpenAI's model object (GET /v1/models and /v1/models/{alias})."""
+    return {"id": alias, "object": "model", "created": created, "owned_by": "llm-serving-alias"}
+
+
+def with_aliases_listed(send: Send, state: TrafficState) -> Send:
     """Append the aliases to a `GET /v1/models` list (whichever app produced it)."""
     start: Optional[Message] = None
     chunks: List[bytes] = []
@@ -181,11 +188,7 @@ def with_aliases_listed(send: Send, aliases: List[str]) -> Send:
         body = b"".join(chunks)
         try:
             listing = json.loads(body)
-            created = max((m.get("created", 0) for m in listing["data"]), default=0)
-            listing["data"] += [
-                {"id": alias, "object": "model", "created": created, "owned_by": "llm-serving-alias"}
-                for alias in aliases
-            ]
+            listing["data"] += [alias_card(alias, state.applied_at) for alias in state.aliases.names]
             body = json.dumps(listing).encode()
         except (ValueError, KeyError, TypeError, AttributeError):
             pass  # not a list we understand: pass it on unchanged
