@@ -160,3 +160,99 @@ def test_keys_revision_rereads_the_keys(tmp_path):
     asyncio.run(control.reconfigure({"keys_revision": "3"}))
     assert "needs exactly one of `key` or `sha256`" in control.rejected
     assert chat(app, model="embed", key=new_key).status_code == 200
+
+
+class RecordingEngines:
+    """An inner app that records every request body it gets; chat-v2 waits for `release` when held."""
+
+    def __init__(self):
+        self.bodies = []
+        self.release = asyncio.Event()
+        self.hold_v2 = False
+
+    async def chat(self, request: Request):
+        payload = json.loads(await request.body())
+        self.bodies.append(payload)
+        if payload["model"] == "chat-v2" and self.hold_v2:
+            await self.release.wait()
+        return JSONResponse({"model": payload["model"], "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
+
+
+def shadow_gateway(tmp_path, traffic_config):
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(yaml.safe_dump({"keys": [{"name": "team-a", "key": KEY}]}))
+    config = GatewayConfig(auth={"mode": "api_key", "api_keys": {"file": str(keys_file)}})
+    store = ApiKeyStore.from_config(config.auth.api_keys)
+    control = TrafficControl(config, MODELS, store)
+    asyncio.run(control.reconfigure(traffic_config))
+    engines, exchanges = RecordingEngines(), []
+    inner = Starlette(routes=[Route("/v1/chat/completions", engines.chat, methods=["POST"])])
+    return build_gateway(inner, config, MODELS, store, traffic=control, record=exchanges.append), engines, exchanges
+
+
+def run_chats(app, count, body=None, settle=None):
+    """`count` alias requests in one event loop, then let the background copies finish."""
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            responses = await asyncio.gather(*[
+                client.post("/v1/chat/completions", json={"model": "chat", "messages": [], **(body or {})},
+                            headers={"authorization": f"Bearer {KEY}"})
+                for _ in range(count)])
+            if settle is not None:
+                await settle()
+            await asyncio.sleep(0.05)
+            return responses
+
+    return asyncio.run(go())
+
+
+SHADOWED = {"aliases": {"chat": {"variants": {"chat-v1": 1}, "shadow": {"variant": "chat-v2", "percent": 100}}}}
+
+
+def test_shadow_copies_go_to_the_shadow_model_and_their_answers_are_dropped(tmp_path):
+    app, engines, exchanges = shadow_gateway(tmp_path, SHADOWED)
+    responses = run_chats(app, 3, body={"stream": True, "stream_options": {"include_usage": False}, "user": "u1"})
+    assert [r.json()["model"] for r in responses] == ["chat-v1"] * 3  # clients only see their variant
+    copies = [b for b in engines.bodies if b["model"] == "chat-v2"]
+    assert len(copies) == 3
+    assert all("stream" not in c and "stream_options" not in c and c["user"] == "u1" for c in copies)
+    shadows = [e for e in exchanges if e.shadow]
+    assert [(e.model, e.variant, e.status) for e in shadows] == [("chat", "chat-v2", 200)] * 3
+
+
+@pytest.mark.parametrize("traffic_config", [
+    {"aliases": {"chat": {"variants": {"chat-v1": 1}, "shadow": {"variant": "chat-v2", "percent": 0}}}},
+    {"aliases": {"chat": {"variants": {"chat-v2": 1}, "shadow": {"variant": "chat-v2", "percent": 100}}}},
+], ids=["zero-percent", "shadow-is-the-served-variant"])
+def test_no_shadow_copy(tmp_path, traffic_config):
+    app, engines, _ = shadow_gateway(tmp_path, traffic_config)
+    run_chats(app, 4)
+    assert len(engines.bodies) == 4
+
+
+def test_shadow_copies_are_outside_the_callers_limits(tmp_path):
+    app, engines, _ = shadow_gateway(tmp_path, {**SHADOWED, "limits": {"keys": {"team-a": {"requests": 2}}}})
+    statuses = sorted(r.status_code for r in run_chats(app, 3))
+    assert statuses == [200, 200, 429]
+    assert sorted(b["model"] for b in engines.bodies) == ["chat-v1", "chat-v1", "chat-v2", "chat-v2"]
+
+
+def test_shadow_copies_beyond_the_cap_are_dropped_not_queued(tmp_path):
+    from llm_serving.gateway.middleware import MAX_SHADOWS_IN_FLIGHT
+
+    app, engines, exchanges = shadow_gateway(tmp_path, SHADOWED)
+    engines.hold_v2 = True
+
+    async def release():
+        engines.release.set()
+
+    responses = run_chats(app, MAX_SHADOWS_IN_FLIGHT + 5, settle=release)
+    assert all(r.status_code == 200 for r in responses)  # held copies never delay the clients
+    statuses = sorted(e.status for e in exchanges if e.shadow)
+    assert statuses == [0] * 5 + [200] * MAX_SHADOWS_IN_FLIGHT
+
+
+def test_shadow_model_must_be_served(tmp_path):
+    bad = {"aliases": {"chat": {"variants": {"chat-v1": 1}, "shadow": {"variant": "chat-v9", "percent": 5}}}}
+    with pytest.raises(ValueError, match=r"traffic\.aliases\.chat\.shadow\.variant: chat-v9 not served"):
+        shadow_gateway(tmp_path, bad)

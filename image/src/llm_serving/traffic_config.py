@@ -22,6 +22,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+class ShadowConfig(_Strict):
+    """Mirror a share of an alias's requests to another served model and discard its answers."""
+
+    variant: str = Field(..., description="Served model (a key under `models`) that gets the copies.")
+    percent: float = Field(
+        ..., ge=0, le=100, description="Share of the alias's requests copied to it, in percent (0 to 100)."
+    )
+
+
 class AliasConfig(_Strict):
     """A public model name that resolves, per request, to one of several served models."""
 
@@ -31,6 +40,14 @@ class AliasConfig(_Strict):
         description=(
             "Served models (keys under `models`) and their relative weights, e.g. {chat-v1: 90, chat-v2: 10}; "
             "weights are shares of the total, 0 takes a variant out of rotation."
+        ),
+    )
+
+    shadow: Optional[ShadowConfig] = Field(
+        None,
+        description=(
+            "Copy this share of the alias's requests (not stream, answer discarded, outside the caller's limits) "
+            "to another served model, e.g. to load-test a candidate with real traffic before giving it weight."
         ),
     )
 
@@ -132,6 +149,11 @@ class TrafficConfig(_Strict):
                 raise ValueError(
                     f"{where}.aliases.{alias}.variants: {', '.join(unknown)} not served; "
                     f"variants must be keys under `models` ({', '.join(sorted(served))})"
+                )
+            if config.shadow is not None and config.shadow.variant not in served:
+                raise ValueError(
+                    f"{where}.aliases.{alias}.shadow.variant: {config.shadow.variant} not served; "
+                    f"it must be a key under `models` ({', '.join(sorted(served))})"
                 )
 
 

@@ -58,7 +58,8 @@ class Exchange:
     # The served model: the variant an alias resolved to, else the model itself (bounded: served models).
     variant: str = NO_MODEL
     api_key: str = ANONYMOUS
-    status: int = 0
+    status: int = 0  # 0: no response (a shadow copy that was dropped)
+    shadow: bool = False  # a copy sent by the gateway itself (traffic.aliases.*.shadow), not a client's
     finished: Optional[float] = None
     first_event_at: Optional[float] = None
     inter_event_ms: List[float] = field(default_factory=list)
@@ -190,9 +191,29 @@ class GatewayMetrics:
             description="Generated tokens of answered requests, by model and API key name.",
             tag_keys=("model", "api_key"),
         )
+        self.shadow_requests = metrics.Counter(
+            "llm_serving_shadow_requests",
+            description=(
+                "Shadow copies of alias requests, by alias (model), the model that got the copy (variant) and "
+                "its status code (dropped: not sent, too many copies in flight)."
+            ),
+            tag_keys=("model", "variant", "status_code"),
+        )
+        self.shadow_latency = metrics.Histogram(
+            "llm_serving_shadow_request_latency_ms",
+            description="Latency of shadow copies (answered in one piece), in milliseconds.",
+            boundaries=LATENCY_BUCKETS_MS,
+            tag_keys=("model", "variant"),
+        )
 
     def record(self, exchange: Exchange) -> None:
         model, variant, key = exchange.model, exchange.variant, exchange.api_key
+        if exchange.shadow:  # kept apart: clients never saw these
+            self.shadow_requests.inc(tags={"model": model, "variant": variant,
+                                           "status_code": str(exchange.status) if exchange.status else "dropped"})
+            if exchange.status:
+                self.shadow_latency.observe(exchange.latency_ms, tags={"model": model, "variant": variant})
+            return
         self.requests.inc(
             tags={"model": model, "variant": variant, "api_key": key, "route": exchange.route,
                   "status_code": str(exchange.status)}

@@ -10,8 +10,10 @@ Order of checks: health endpoints (no auth), size limit (413), auth (401), JSON 
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Awaitable, Callable, Dict, List, Optional
+import logging
+from typing import Awaitable, Callable, Dict, List, Optional, Set, Tuple
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +28,8 @@ from llm_serving.gateway.traffic import (
     alias_card,
     resolve_alias,
     settle,
+    shadow_body,
+    shadow_target,
     with_aliases_listed,
     with_variant_header,
 )
@@ -41,6 +45,10 @@ MODEL_PATH_PREFIX = "/v1/models/"
 # Where the authenticated ApiKey is left in the ASGI scope for the layers inside the gateway.
 API_KEY_SCOPE = "llm_serving.api_key"
 RETRY_AFTER_NOT_READY_S = 5
+# Shadow copies in flight per gateway replica; more are dropped rather than queued.
+MAX_SHADOWS_IN_FLIGHT = 32
+
+logger = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Dict[str, bool]]
 Recorder = Callable[[Exchange], None]
@@ -68,6 +76,7 @@ class GatewayMiddleware:
         self.record = record
         # Aliases, sticky variants and per-key limits; swapped whole on reconfigure.
         self.traffic = traffic
+        self._shadows_in_flight: Set[asyncio.Task] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,6 +93,7 @@ class GatewayMiddleware:
         traffic = self.traffic.state if self.traffic is not None else None
         admission = None
         alias_answer: Optional[bytes] = None
+        mirror: Optional[Tuple[str, str, bytes]] = None  # (alias, shadow model, body) of a shadow copy
         try:
             api_key = self._authenticate(scope) if path not in UNAUTHENTICATED_PATHS else None
             exchange.api_key = api_key.name if api_key else ANONYMOUS
@@ -107,6 +117,9 @@ class GatewayMiddleware:
                     body = json.dumps(payload).encode()  # `model` rewritten to the variant
                     scope = with_content_length(scope, len(body))
                     send = with_variant_header(send, variant)
+                    mirror_to = shadow_target(traffic, alias, variant)
+                    if mirror_to is not None:
+                        mirror = (alias, mirror_to, shadow_body(payload, mirror_to))
                 forwarded = exchange.request_usage_in_stream(payload, body)
                 if forwarded is not body:
                     scope = with_content_length(scope, len(forwarded))
@@ -130,12 +143,42 @@ class GatewayMiddleware:
             await send_json(send, 200, alias_answer)
             self._record(exchange)
             return
+        if mirror is not None:  # admitted: the copy goes out beside the request
+            self._mirror(scope, *mirror)
         try:
             await self.app(scope, receive, exchange.observe(_normalized_responses(send)))
         finally:
             if admission is not None:
                 await settle(traffic, admission, exchange.prompt_tokens, exchange.generated_tokens)
             self._record(exchange)
+
+    def _mirror(self, scope: Scope, alias: str, variant: str, body: bytes) -> None:
+        """Send a shadow copy of an alias request to `variant` in the background; its answer is
+        dropped. Copies never queue up behind real traffic: beyond MAX_SHADOWS_IN_FLIGHT per
+        gateway replica they are dropped (counted with status_code "dropped")."""
+        exchange = Exchange(route=route_label(scope["path"]), model=alias, variant=variant, shadow=True)
+        if len(self._shadows_in_flight) >= MAX_SHADOWS_IN_FLIGHT:
+            self._record(exchange)
+            return
+        task = asyncio.get_running_loop().create_task(self._send_shadow(scope, body, exchange))
+        self._shadows_in_flight.add(task)  # a reference until done, so the task is not collected
+        task.add_done_callback(self._shadows_in_flight.discard)
+
+    async def _send_shadow(self, scope: Scope, body: bytes, exchange: Exchange) -> None:
+        async def still_connected() -> Message:  # no client to disconnect: the app never hears one
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        async def discard(message: Message) -> None:
+            pass
+
+        try:
+            await self.app(with_content_length(scope, len(body)), replay_body(body, still_connected),
+                           exchange.observe(discard))
+        except Exception:
+            logger.warning("shadow copy to %s failed", exchange.variant, exc_info=True)
+            exchange.status = exchange.status or 500
+        self._record(exchange)
 
     def _resolve_alias(self, traffic, payload: Dict, scope: Scope, api_key: Optional[ApiKey]) -> Optional[str]:
         """The variant for a request that names an alias (the key must be allowed the alias)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
@@ -159,6 +160,22 @@ def with_variant_header(send: Send, variant: str) -> Send:
         await send(message)
 
     return add_header
+
+
+def shadow_target(state: TrafficState, alias: str, served_by: str,
+                  draw: Callable[[], float] = random.random) -> Optional[str]:
+    """The model a copy of this alias request goes to, if it is one of the mirrored share (a copy
+    to the variant that already serves it would only double the load)."""
+    shadow = state.config.aliases[alias].shadow
+    if shadow is None or shadow.variant == served_by or draw() * 100 >= shadow.percent:
+        return None
+    return shadow.variant
+
+
+def shadow_body(payload: Dict, variant: str) -> bytes:
+    """The mirrored request: the same request for `variant`, answered in one piece (not streamed)."""
+    copy = {key: value for key, value in payload.items() if key not in ("stream", "stream_options")}
+    return json.dumps({**copy, "model": variant}).encode()
 
 
 def alias_card(alias: str, created: int) -> Dict[str, Any]:
