@@ -45,7 +45,8 @@ def rendered(request):
 
 def test_the_issue_profiles_exist():
     names = {profile.stem for profile in PROFILES}
-    assert {"dev-cpu", "single-gpu-8b", "multi-model-gateway", "llama-70b-tp4", "rag-ready", "scale-to-zero"} <= names
+    assert {"dev-cpu", "single-gpu-8b", "multi-model-gateway", "llama-70b-tp4", "rag-ready", "scale-to-zero",
+            "canary-rollout"} <= names
 
 
 def test_renders_one_rayservice_and_validates(rendered):
@@ -62,6 +63,7 @@ def test_app_block_reaches_the_app_verbatim(rendered):
     profile, objects = rendered
     args = app_args(objects)
     expected = load(profile)["app"]
+    expected.pop("traffic", None)  # the gateway's user_config, see test_llm_serving_traffic
     if load(profile).get("apiKeys", {}).get("existingSecret"):
         # The only addition the chart makes: where it mounted the keys.
         assert args["gateway"]["auth"]["api_keys"] == {"file": "/etc/llm-serving/api-keys/keys.yaml"}

@@ -75,3 +75,26 @@ def test_one_model_on_the_fast_path_names_the_engine_deployment():
 def test_the_schema_rejects_bad_traffic_at_helm_time(traffic, message):
     with pytest.raises(render.HelmError, match=message):
         render_cpu({"app": {"traffic": traffic}})
+
+
+@pytest.mark.parametrize(
+    "aliases, message",
+    [
+        ({"chat": {"variants": {"tiny-chat": 90, "chat-v3": 10}}},
+         r"app\.traffic\.aliases\.chat\.variants: chat-v3 not served; variants must be keys under `app\.models` \(tiny-chat\)"),
+        ({"tiny-chat": {"variants": {"tiny-chat": 1}}},
+         r"app\.traffic\.aliases\.tiny-chat: the alias has the name of a served model; rename the alias"),
+        ({"chat": {"variants": {"tiny-chat": 1}, "shadow": {"variant": "chat-v2", "percent": 5}}},
+         r"app\.traffic\.aliases\.chat\.shadow\.variant: chat-v2 not served; it must be a key under `app\.models` \(tiny-chat\)"),
+    ],
+)
+def test_aliases_must_split_between_served_models_at_helm_time(aliases, message):
+    with pytest.raises(render.HelmError, match=message):
+        render_cpu({"app": {"traffic": {"aliases": aliases}}})
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
+def test_each_profiles_traffic_is_a_config_the_app_accepts(profile):
+    """Args and the gateway's user_config validate together (variants are served models, ...)."""
+    objects = render_chart(values_files=[profile])
+    parse_app_config({**app_args(objects), "traffic": gateway_override(objects)["user_config"]})
