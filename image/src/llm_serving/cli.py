@@ -157,10 +157,14 @@ def _readiness(url: str) -> Dict[str, Any]:
     """/readyz's JSON body (ready or not), or {} when it cannot be read."""
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return json.loads(error.read() or b"{}")
-    except (urllib.error.URLError, OSError, ValueError):
+            body = response.read()
+    except urllib.error.HTTPError as error:  # 503 while a model loads: the body still says why
+        body = error.read()
+    except (urllib.error.URLError, OSError):
+        return {}
+    try:
+        return json.loads(body)
+    except ValueError:
         return {}
 
 

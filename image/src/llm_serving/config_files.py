@@ -44,6 +44,7 @@ def app_args_from_document(document: Any, source: str) -> Dict[str, Any]:
 
 def _args_of_serve_application(application: Dict[str, Any], source: str) -> Dict[str, Any]:
     args = dict(application.get("args") or {})
+    traffic_from = "args.traffic" if "traffic" in args else None
     for deployment in application.get("deployments") or []:
         name = deployment.get("name", "?")
         unread = sorted(set(deployment) - {"name", "user_config"})
@@ -53,12 +54,13 @@ def _args_of_serve_application(application: Dict[str, Any], source: str) -> Dict
                 "(the traffic config) is read from `deployments:`, set replicas and resources under `models`"
             )
         if "user_config" in deployment:
-            if "traffic" in args:
+            if traffic_from:
                 raise ConfigFileError(
-                    f"{source}: the traffic config is set twice, in args.traffic and in "
+                    f"{source}: the traffic config is set twice, in {traffic_from} and in "
                     f"deployments.{name}.user_config; keep one"
                 )
             args["traffic"] = deployment["user_config"] or {}
+            traffic_from = f"deployments.{name}.user_config"
     return args
 
 
