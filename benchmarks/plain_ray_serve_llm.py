@@ -4,6 +4,7 @@ Usage: python benchmarks/plain_ray_serve_llm.py MODEL_PATH PORT
 The environment decides Ray Serve's mode (the benchmark runs it with and without the fast path).
 """
 
+import signal
 import sys
 import time
 
@@ -14,6 +15,14 @@ if __name__ == "__main__":
     from ray.serve.llm import LLMConfig, build_openai_app
 
     ray.init(address="local", num_cpus=8)
+    # As llm-serving's CLI does, after ray.init (which installs its own SIGTERM handler): without
+    # this, the benchmark's SIGINT left the vLLM engine process running (orphaned, busy) and
+    # skewed the servers measured after it.
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     llm_config = LLMConfig(
         model_loading_config={"model_id": "tiny-chat", "model_source": model_path},
