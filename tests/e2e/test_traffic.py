@@ -23,6 +23,7 @@ import openai
 import psutil
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.charts.render import VALUES, render_chart
 from tests.e2e.servers import RunningApp, redis_server, start_app
@@ -30,6 +31,7 @@ from tests.e2e.servers import RunningApp, redis_server, start_app
 pytestmark = pytest.mark.e2e
 
 ALIAS = "chat"
+SHADOWED = "chat-shadowed"
 VARIANTS = ("chat-v1", "chat-v2")
 WEIGHTS = {"chat-v1": 70, "chat-v2": 30}
 WINDOW_S = 15
@@ -62,7 +64,11 @@ def values(keys_file, redis_url: str, weights: Dict[str, float], requests_limit:
             "ingress": {"min_replicas": 2, "max_replicas": 2},
         },
         "traffic": {
-            "aliases": {ALIAS: {"variants": weights}},
+            "aliases": {
+                ALIAS: {"variants": weights},
+                # Answered by chat-v1, every request copied to chat-v2 (a load test of a candidate).
+                SHADOWED: {"variants": {"chat-v1": 1}, "shadow": {"variant": "chat-v2", "percent": 100}},
+            },
             # No api_key: requests that send neither header nor `user` are spread by weight.
             "sticky_identity": ["header:x-session-id", "user"],
             "limits": {
@@ -143,6 +149,17 @@ def canary(tmp_path_factory):
         assert app.stop() == 0, f"llm-serving did not stop cleanly:\n{app.log_tail()}"
 
 
+def scrape(canary) -> list:
+    """Every sample on Ray's metrics endpoint (where a PodMonitor scrapes the app)."""
+    text = httpx.get(canary.app.metrics_url, timeout=30).text
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def scrape_total(canary, name: str, **labels) -> float:
+    wanted = set(labels.items())
+    return sum(s.value for s in scrape(canary) if s.name == name and wanted <= set(s.labels.items()))
+
+
 def ask_alias(client: openai.OpenAI, session: Optional[str] = None, user: Optional[str] = None) -> str:
     """One request to the alias; returns the variant the response header names (checked against
     the model the engine itself reports)."""
@@ -165,9 +182,39 @@ def in_parallel(function, arguments, workers: int = 8) -> list:
         return list(pool.map(function, arguments))
 
 
-def test_alias_is_listed_beside_the_served_models(canary):
-    listed = {model.id for model in canary.client().models.list()}
-    assert listed == {ALIAS, *VARIANTS}
+def test_alias_is_listed_and_retrieved_like_a_served_model(canary):
+    client = canary.client()
+    listed = {model.id: model for model in client.models.list()}
+    assert set(listed) == {ALIAS, SHADOWED, *VARIANTS}
+    assert client.models.retrieve(ALIAS) == listed[ALIAS]
+    assert client.models.retrieve("chat-v1").id == "chat-v1"  # served models still answer from the engines
+
+
+def test_shadow_copies_reach_the_shadow_engine_and_clients_never_see_them(canary):
+    """Every request to the shadowed alias is answered by chat-v1 and copied to chat-v2: vLLM's own
+    request counter of the chat-v2 engine grows by the number of copies. (Runs before any other
+    test sends chat-v2 traffic, whose late-exported counts would blur the difference.)"""
+    def engine_v2():
+        return scrape_total(canary, "ray_vllm_request_success_total", model_name="chat-v2")
+
+    def copies():
+        return scrape_total(canary, "ray_llm_serving_shadow_requests_total", model=SHADOWED, variant="chat-v2",
+                            status_code="200")
+
+    engine_before, copies_before = engine_v2(), copies()
+    client = canary.client()
+    for i in range(20):
+        stream = i % 2 == 0  # streamed or not, the copy is answered in one piece and dropped
+        response = client.chat.completions.with_raw_response.create(
+            model=SHADOWED, messages=HI, max_tokens=2, stream=stream)
+        assert response.headers["x-llm-serving-variant"] == "chat-v1"
+        answer = response.parse()
+        assert {chunk.model for chunk in answer} == {"chat-v1"} if stream else answer.model == "chat-v1"
+    deadline = time.monotonic() + 90  # Ray exports metrics on an interval
+    while (engine_v2() - engine_before < 20 or copies() - copies_before < 20) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert engine_v2() - engine_before == 20
+    assert copies() - copies_before == 20
 
 
 def test_split_without_identity_follows_the_weights(canary):
@@ -218,14 +265,10 @@ def raw_chat(api_url: str, key: str, **body) -> httpx.Response:
 
 def gateway_replica_requests(canary) -> Dict[str, float]:
     """Requests each Gateway replica handled, from Ray Serve's own counter on the metrics endpoint."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     counts: Dict[str, float] = {}
-    for family in text_string_to_metric_families(httpx.get(canary.app.metrics_url, timeout=30).text):
-        for sample in family.samples:
-            if sample.name == "ray_serve_deployment_request_counter_total" and sample.labels.get("deployment") == "Gateway":
-                replica = sample.labels["replica"]
-                counts[replica] = counts.get(replica, 0) + sample.value
+    for sample in scrape(canary):
+        if sample.name == "ray_serve_deployment_request_counter_total" and sample.labels.get("deployment") == "Gateway":
+            counts[sample.labels["replica"]] = counts.get(sample.labels["replica"], 0) + sample.value
     return counts
 
 

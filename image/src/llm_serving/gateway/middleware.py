@@ -132,7 +132,7 @@ class GatewayMiddleware:
                   and path[len(MODEL_PATH_PREFIX):] in traffic.aliases):
                 # The gateway's own answer: the engines do not know the alias.
                 exchange.model = path[len(MODEL_PATH_PREFIX):]
-                alias_answer = json.dumps(alias_card(exchange.model, traffic.applied_at)).encode()
+                alias_answer = json.dumps(alias_card(exchange.model)).encode()
         except GatewayError as error:
             exchange.status = error.status
             await error.send(send)

@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from pydantic import ValidationError
@@ -46,7 +45,6 @@ class TrafficState:
     config: TrafficConfig
     aliases: AliasTable
     limiter: Any  # InProcessLimiter | RedisLimiter
-    applied_at: int = field(default_factory=lambda: int(time.time()))  # an alias's `created`
 
 
 class TrafficControl:
@@ -178,9 +176,11 @@ def shadow_body(payload: Dict, variant: str) -> bytes:
     return json.dumps({**copy, "model": variant}).encode()
 
 
-def alias_card(alias: str, created: int) -> Dict[str, Any]:
-    """An alias as OpenAI's model object (GET /v1/models and /v1/models/{alias})."""
-    return {"id": alias, "object": "model", "created": created, "owned_by": "llm-serving-alias"}
+def alias_card(alias: str) -> Dict[str, Any]:
+    """An alias as OpenAI's model object (GET /v1/models and /v1/models/{alias}). No `created`:
+    an alias has no creation time, and a per-replica one would differ between gateway replicas
+    (Ray Serve LLM's own cards have none either)."""
+    return {"id": alias, "object": "model", "owned_by": "llm-serving-alias"}
 
 
 def with_aliases_listed(send: Send, state: TrafficState) -> Send:
@@ -205,7 +205,7 @@ def with_aliases_listed(send: Send, state: TrafficState) -> Send:
         body = b"".join(chunks)
         try:
             listing = json.loads(body)
-            listing["data"] += [alias_card(alias, state.applied_at) for alias in state.aliases.names]
+            listing["data"] += [alias_card(alias) for alias in state.aliases.names]
             body = json.dumps(listing).encode()
         except (ValueError, KeyError, TypeError, AttributeError):
             pass  # not a list we understand: pass it on unchanged
