@@ -8,10 +8,11 @@ hits all servers alike. It prints requests/s, time to first token and inter-toke
 per server, then the ratios, where
   A   = our app, one model, fast path (direct streaming; gateway inside the engine replica; API key on)
   A'  = our app, one model, through the gateway deployment (gateway.direct_streaming: false; API key on)
-  B   = plain ray.serve.llm.build_openai_app with the fast-path settings
+  B   = plain ray.serve.llm.build_openai_app, tuned as our app is: the fast-path settings and no
+        stream batching (what is left between A and B is our gateway)
   B0  = plain build_openai_app with Ray's defaults (50 ms stream batching, no HAProxy)
   C   = vLLM's own OpenAI server
-Phase 1 runs A, B and C; phase 2 runs A', B and B0. Run it with `make bench` (about 25 minutes on
+Phase 1 runs A, B and C; phase 2 runs A', B and B0. Run it with `make bench` (about 45 minutes on
 two cores with the default 3 cycles). Absolute numbers depend on the machine; read the ratios.
 """
 
@@ -74,24 +75,28 @@ async def one_request(client: httpx.AsyncClient, url: str, ttft: List[float], it
             "temperature": 0, "stream": True}
     start = time.perf_counter()
     last: Optional[float] = None
-    async with client.stream("POST", url, json=body) as response:
-        if response.status_code != 200:
-            await response.aread()
-            return False
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            # Every event with a choice is one engine step (one token here: ignore_eos, no batching);
-            # the tiny model's byte-level tokens often decode to "", so content is not the test.
-            if not chunk.get("choices"):
-                continue
-            now = time.perf_counter()
-            if last is None:
-                ttft.append((now - start) * 1000)
-            else:
-                itl.append((now - last) * 1000)
-            last = now
+    try:
+        async with client.stream("POST", url, json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return False
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                # Every event with a choice is one engine step (one token here: ignore_eos, no
+                # batching); the tiny model's byte-level tokens often decode to "", so content is
+                # not the test.
+                if not chunk.get("choices"):
+                    continue
+                now = time.perf_counter()
+                if last is None:
+                    ttft.append((now - start) * 1000)
+                else:
+                    itl.append((now - last) * 1000)
+                last = now
+    except httpx.TransportError:  # a reset connection is the server's error, not the benchmark's end
+        return False
     return True
 
 
@@ -179,8 +184,8 @@ def servers(work: Path, model_path: str, only: List[str]) -> List[Server]:
                               {**cpu_env, **FAST_PATH}, p, work),
         "A'": lambda p: Server("A'", [str(BIN / "llm-serving"), "serve", str(our_app_config(work, False)), "--port", str(p)],
                                {**cpu_env, **FAST_PATH}, p, work),
-        "B": lambda p: Server("B", [sys.executable, str(REPO / "benchmarks" / "plain_ray_serve_llm.py"), model_path, str(p)],
-                              {**cpu_env, **FAST_PATH}, p, work),
+        "B": lambda p: Server("B", [sys.executable, str(REPO / "benchmarks" / "plain_ray_serve_llm.py"), model_path, str(p),
+                                    "0"], {**cpu_env, **FAST_PATH}, p, work),
         "B0": lambda p: Server("B0", [sys.executable, str(REPO / "benchmarks" / "plain_ray_serve_llm.py"), model_path, str(p)],
                                {**cpu_env, **RAY_DEFAULTS}, p, work),
         "C": lambda p: Server("C", [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
@@ -197,7 +202,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--cycles", type=int, default=3, help="turns of each server (default: 3)")
     parser.add_argument("--requests-per-level", type=int, default=0,
-                        help="requests per concurrency level and turn (default: max(32, 4 x concurrency))")
+                        help="requests per concurrency level and turn (default: max(64, 16 x concurrency))")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -213,7 +218,9 @@ def main() -> None:
                     with server:
                         asyncio.run(run_load(server.base_url, 4, 16))  # warm-up
                         for concurrency in levels:
-                            total = args.requests_per_level or max(32, 4 * concurrency)
+                            # Loads of 10-20 s: shorter ones mostly measured Ray's and vLLM's periodic
+                            # background work on two cores (the same server varied 2x between turns).
+                            total = args.requests_per_level or max(64, 16 * concurrency)
                             turns[server.name][concurrency].append(
                                 asyncio.run(run_load(server.base_url, concurrency, total)))
                     print(f"-- cycle {cycle + 1}, {server.name}: " + ", ".join(
