@@ -11,7 +11,7 @@ from tests.charts import render
 from tests.charts.llm_serving_chart import app_args, render_chart, render_cpu, render_gpu, serve_config
 
 CANARY = {
-    "aliases": {"chat": {"variants": {"tiny-chat": 90}}},
+    "aliases": {"chat": {"variants": {"tiny": 90}}},  # `tiny` is CPU_VALUES' model
     "limits": {"window_seconds": 60, "default": {"requests": 600, "tokens": 100000, "concurrent": 8}},
     "keys_revision": "2",
 }
@@ -80,12 +80,12 @@ def test_the_schema_rejects_bad_traffic_at_helm_time(traffic, message):
 @pytest.mark.parametrize(
     "aliases, message",
     [
-        ({"chat": {"variants": {"tiny-chat": 90, "chat-v3": 10}}},
-         r"app\.traffic\.aliases\.chat\.variants: chat-v3 not served; variants must be keys under `app\.models` \(tiny-chat\)"),
-        ({"tiny-chat": {"variants": {"tiny-chat": 1}}},
-         r"app\.traffic\.aliases\.tiny-chat: the alias has the name of a served model; rename the alias"),
-        ({"chat": {"variants": {"tiny-chat": 1}, "shadow": {"variant": "chat-v2", "percent": 5}}},
-         r"app\.traffic\.aliases\.chat\.shadow\.variant: chat-v2 not served; it must be a key under `app\.models` \(tiny-chat\)"),
+        ({"chat": {"variants": {"tiny": 90, "chat-v3": 10}}},
+         r"app\.traffic\.aliases\.chat\.variants: chat-v3 not served; variants must be keys under `app\.models` \(tiny\)"),
+        ({"tiny": {"variants": {"tiny": 1}}},
+         r"app\.traffic\.aliases\.tiny: the alias has the name of a served model; rename the alias"),
+        ({"chat": {"variants": {"tiny": 1}, "shadow": {"variant": "chat-v2", "percent": 5}}},
+         r"app\.traffic\.aliases\.chat\.shadow\.variant: chat-v2 not served; it must be a key under `app\.models` \(tiny\)"),
     ],
 )
 def test_aliases_must_split_between_served_models_at_helm_time(aliases, message):
