@@ -33,15 +33,16 @@ async def models(request: Request):
     return JSONResponse({"object": "list", "data": [{"id": m, "object": "model", "created": 1} for m in MODELS]})
 
 
-def gateway(tmp_path, traffic_config):
+def gateway(tmp_path, traffic_config, inner=None, record=None):
     keys_file = tmp_path / "keys.yaml"
     keys_file.write_text(yaml.safe_dump({"keys": [{"name": "team-a", "key": KEY}]}))
     config = GatewayConfig(auth={"mode": "api_key", "api_keys": {"file": str(keys_file)}})
     store = ApiKeyStore.from_config(config.auth.api_keys)
     control = TrafficControl(config, MODELS, store)
     asyncio.run(control.reconfigure(traffic_config))
-    inner = Starlette(routes=[Route("/v1/chat/completions", echo, methods=["POST"]), Route("/v1/models", models)])
-    return build_gateway(inner, config, MODELS, store, traffic=control), control, keys_file
+    if inner is None:
+        inner = Starlette(routes=[Route("/v1/chat/completions", echo, methods=["POST"]), Route("/v1/models", models)])
+    return build_gateway(inner, config, MODELS, store, traffic=control, record=record), control, keys_file
 
 
 def request(app, method, path, body=None, headers=None, key=KEY):
@@ -179,15 +180,10 @@ class RecordingEngines:
 
 
 def shadow_gateway(tmp_path, traffic_config):
-    keys_file = tmp_path / "keys.yaml"
-    keys_file.write_text(yaml.safe_dump({"keys": [{"name": "team-a", "key": KEY}]}))
-    config = GatewayConfig(auth={"mode": "api_key", "api_keys": {"file": str(keys_file)}})
-    store = ApiKeyStore.from_config(config.auth.api_keys)
-    control = TrafficControl(config, MODELS, store)
-    asyncio.run(control.reconfigure(traffic_config))
     engines, exchanges = RecordingEngines(), []
     inner = Starlette(routes=[Route("/v1/chat/completions", engines.chat, methods=["POST"])])
-    return build_gateway(inner, config, MODELS, store, traffic=control, record=exchanges.append), engines, exchanges
+    app, _, _ = gateway(tmp_path, traffic_config, inner=inner, record=exchanges.append)
+    return app, engines, exchanges
 
 
 def run_chats(app, count, body=None, settle=None):
