@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
 LLM_SERVING = Path(sys.executable).parent / "llm-serving"
@@ -127,3 +128,17 @@ def redis_server(directory: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def scrape(gateway) -> dict:
+    """{(sample name, frozenset(labels)): value} of everything the endpoint exports."""
+    samples = {}
+    for family in text_string_to_metric_families(httpx.get(gateway.metrics_url, timeout=30).text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def total(samples, name, **labels) -> float:
+    wanted = set(labels.items())
+    return sum(value for (sample, sample_labels), value in samples.items() if sample == name and wanted <= sample_labels)

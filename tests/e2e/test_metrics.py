@@ -5,27 +5,13 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import CHAT_MODEL, EMBED_MODEL
+from tests.e2e.servers import scrape, total
 
 pytestmark = pytest.mark.e2e
 
 SCRAPE_DEADLINE_S = 90  # Ray's metrics agent exports on an interval
-
-
-def scrape(gateway) -> dict:
-    """{(sample name, frozenset(labels)): value} of everything the endpoint exports."""
-    samples = {}
-    for family in text_string_to_metric_families(httpx.get(gateway.metrics_url, timeout=30).text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-def total(samples, name, **labels) -> float:
-    wanted = set(labels.items())
-    return sum(value for (sample, sample_labels), value in samples.items() if sample == name and wanted <= sample_labels)
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,9 @@ import openai
 import psutil
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.charts.render import VALUES, render_chart
-from tests.e2e.servers import RunningApp, redis_server, start_app
+from tests.e2e.servers import RunningApp, redis_server, scrape, start_app, total
 
 pytestmark = pytest.mark.e2e
 
@@ -149,17 +148,6 @@ def canary(tmp_path_factory):
         assert app.stop() == 0, f"llm-serving did not stop cleanly:\n{app.log_tail()}"
 
 
-def scrape(canary) -> list:
-    """Every sample on Ray's metrics endpoint (where a PodMonitor scrapes the app)."""
-    text = httpx.get(canary.app.metrics_url, timeout=30).text
-    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
-
-
-def scrape_total(canary, name: str, **labels) -> float:
-    wanted = set(labels.items())
-    return sum(s.value for s in scrape(canary) if s.name == name and wanted <= set(s.labels.items()))
-
-
 def ask_alias(client: openai.OpenAI, session: Optional[str] = None, user: Optional[str] = None) -> str:
     """One request to the alias; returns the variant the response header names (checked against
     the model the engine itself reports)."""
@@ -195,10 +183,10 @@ def test_shadow_copies_reach_the_shadow_engine_and_clients_never_see_them(canary
     request counter of the chat-v2 engine grows by the number of copies. (Runs before any other
     test sends chat-v2 traffic, whose late-exported counts would blur the difference.)"""
     def engine_v2():
-        return scrape_total(canary, "ray_vllm_request_success_total", model_name="chat-v2")
+        return total(scrape(canary.app), "ray_vllm_request_success_total", model_name="chat-v2")
 
     def copies():
-        return scrape_total(canary, "ray_llm_serving_shadow_requests_total", model=SHADOWED, variant="chat-v2",
+        return total(scrape(canary.app), "ray_llm_serving_shadow_requests_total", model=SHADOWED, variant="chat-v2",
                             status_code="200")
 
     engine_before, copies_before = engine_v2(), copies()
@@ -266,9 +254,10 @@ def raw_chat(api_url: str, key: str, **body) -> httpx.Response:
 def gateway_replica_requests(canary) -> Dict[str, float]:
     """Requests each Gateway replica handled, from Ray Serve's own counter on the metrics endpoint."""
     counts: Dict[str, float] = {}
-    for sample in scrape(canary):
-        if sample.name == "ray_serve_deployment_request_counter_total" and sample.labels.get("deployment") == "Gateway":
-            counts[sample.labels["replica"]] = counts.get(sample.labels["replica"], 0) + sample.value
+    for (name, labels), value in scrape(canary.app).items():
+        labels = dict(labels)
+        if name == "ray_serve_deployment_request_counter_total" and labels.get("deployment") == "Gateway":
+            counts[labels["replica"]] = counts.get(labels["replica"], 0) + value
     return counts
 
 

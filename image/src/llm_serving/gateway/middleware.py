@@ -127,7 +127,7 @@ class GatewayMiddleware:
                 if traffic is not None:
                     admission = await admit(traffic, exchange.api_key, payload)
             elif traffic is not None and traffic.aliases and path == "/v1/models" and scope["method"] == "GET":
-                send = with_aliases_listed(send, traffic)
+                send = with_aliases_listed(send, traffic.aliases.names)
             elif (traffic is not None and scope["method"] == "GET" and path.startswith(MODEL_PATH_PREFIX)
                   and path[len(MODEL_PATH_PREFIX):] in traffic.aliases):
                 # The gateway's own answer: the engines do not know the alias.

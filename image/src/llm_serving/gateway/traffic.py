@@ -183,7 +183,7 @@ def alias_card(alias: str) -> Dict[str, Any]:
     return {"id": alias, "object": "model", "owned_by": "llm-serving-alias"}
 
 
-def with_aliases_listed(send: Send, state: TrafficState) -> Send:
+def with_aliases_listed(send: Send, aliases: List[str]) -> Send:
     """Append the aliases to a `GET /v1/models` list (whichever app produced it)."""
     start: Optional[Message] = None
     chunks: List[bytes] = []
@@ -205,7 +205,7 @@ def with_aliases_listed(send: Send, state: TrafficState) -> Send:
         body = b"".join(chunks)
         try:
             listing = json.loads(body)
-            listing["data"] += [alias_card(alias) for alias in state.aliases.names]
+            listing["data"] += [alias_card(alias) for alias in aliases]
             body = json.dumps(listing).encode()
         except (ValueError, KeyError, TypeError, AttributeError):
             pass  # not a list we understand: pass it on unchanged
