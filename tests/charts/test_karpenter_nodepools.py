@@ -1,6 +1,6 @@
 """charts/karpenter-nodepools: NodePools and EC2NodeClasses, validated against the Karpenter v1.14.1 schemas.
 
-render.render_chart validates every object against ../shared/crd-schemas; these tests also validate
+render.render_chart validates every object against tests/schemas/upstream; these tests also validate
 the Karpenter objects strictly (unknown fields are errors, like kubeconform -strict).
 """
 

@@ -1,5 +1,5 @@
 """The project's RayService schema (tests/schemas/ray.io/rayservice_v1.json), checked against the
-upstream KubeRay v1.7.0 CRD schema in ../shared/crd-schemas: every field it allows exists upstream,
+upstream KubeRay v1.7.0 CRD schema in tests/schemas/upstream: every field it allows exists upstream,
 it is stricter where KubeRay's Go code is, and every RayService the chart renders passes both."""
 
 from __future__ import annotations
