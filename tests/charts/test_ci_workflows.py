@@ -81,3 +81,30 @@ def test_ci_scenarios_need_no_gpu_and_no_node_pool():
         for pod in pods:
             assert "nodeSelector" not in pod["spec"], scenario.name
             assert "nvidia.com/gpu" not in str(ray_container(pod).get("resources")), scenario.name
+
+
+def all_envs(workflow: dict) -> dict:
+    """Every env mapping of a workflow (top level, jobs, steps), merged by key."""
+    envs = dict(workflow.get("env") or {})
+    for job in workflow["jobs"].values():
+        envs.update(job.get("env") or {})
+        for step in job.get("steps", []):
+            envs.update(step.get("env") or {})
+    return envs
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda path: path.name)
+def test_nothing_outside_the_checkout_is_needed(workflow):
+    # The repository is self-contained: no step reads a folder beside the checkout (the CRD schemas
+    # are in tests/schemas/upstream), and no pip index comes from the environment (the lock files
+    # name PyTorch's CPU index themselves, so `make test` installs the same way everywhere).
+    text = workflow.read_text()
+    assert "../" not in text, "a workflow reaches outside the checkout"
+    assert not {name for name in all_envs(load(workflow)) if name.startswith("PIP_")}
+
+
+def test_test_job_runs_the_readme_test_command_on_a_bare_checkout():
+    test = charts_workflow()["jobs"]["test"]
+    runs = [step["run"] for step in test["steps"] if "run" in step]
+    assert runs == ["make test"]
+    assert "env" not in test
