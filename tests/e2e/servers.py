@@ -12,9 +12,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import httpx
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,11 +45,51 @@ class StartupObservation:
 
 
 @dataclass
+class StopReport:
+    """How `llm-serving serve` stopped: what a person would check with ps and ss afterwards."""
+
+    way: str
+    exit_code: int
+    seconds: float
+    processes_left: List[str]  # of the command's process tree as it was just before the signal
+    listeners_left: List[str]  # addresses the tree listened on that something still listens on
+
+    @property
+    def clean(self) -> bool:
+        return self.exit_code == 0 and not self.processes_left and not self.listeners_left
+
+    def __str__(self) -> str:
+        return (f"{self.way}: exit code {self.exit_code} after {self.seconds:.1f} s; processes left: "
+                f"{self.processes_left or 'none'}; listeners left: {self.listeners_left or 'none'}")
+
+
+def process_tree(pid: int) -> List[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def listeners(processes: List[psutil.Process]) -> Dict[Tuple[str, int], str]:
+    """{(ip, port): "name[pid]"} of the TCP sockets the processes listen on."""
+    names = {}
+    for process in processes:
+        try:
+            names[process.pid] = f"{process.name()}[{process.pid}]"
+        except psutil.NoSuchProcess:
+            pass
+    return {
+        (connection.laddr.ip, connection.laddr.port): names[connection.pid]
+        for connection in psutil.net_connections(kind="tcp")
+        if connection.status == psutil.CONN_LISTEN and connection.pid in names
+    }
+
+
+@dataclass
 class RunningApp:
     base_url: str
     metrics_url: str
     process: subprocess.Popen
-    log_path: Path
+    log_path: Path  # what the command prints: its progress lines
+    ray_log_path: Path  # Ray's and vLLM's logs (--log-file)
     startup: List[StartupObservation] = field(default_factory=list)
 
     @property
@@ -56,17 +97,43 @@ class RunningApp:
         return f"{self.base_url}/v1"
 
     def log_tail(self, lines: int = 80) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        tails = []
+        for path in (self.ray_log_path, self.log_path):
+            text = path.read_text(errors="replace").splitlines() if path.exists() else []
+            tails.append(f"--- {path.name} ---\n" + "\n".join(text[-lines:]))
+        return "\n".join(tails)
 
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+    def stop(self, signum: int = signal.SIGINT, to_group: bool = False) -> StopReport:
+        """Stop it as a person or a supervisor would: `signum` to the command, or to its whole
+        process group (as `timeout`, systemd and container runtimes do), then look for leftovers."""
+        way = f"{signal.Signals(signum).name} to the {'process group' if to_group else 'command'}"
+        if self.process.poll() is not None:
+            return StopReport(way, self.process.returncode, 0.0, [], [])
+        tree = process_tree(self.process.pid)
+        listening = listeners(tree)
+        identities = set()  # (pid, start time): a pid alone may be reused by then
+        for process in tree[1:]:
             try:
-                self.process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
+                identities.add((process.pid, process.create_time()))
+            except psutil.NoSuchProcess:
+                pass
+        started = time.monotonic()
+        if to_group:
+            os.killpg(self.process.pid, signum)
+        else:
+            self.process.send_signal(signum)
+        try:
+            self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        seconds = time.monotonic() - started
+        left = [f"{p.info['name']}[{p.pid}]" for p in psutil.process_iter(["name", "create_time"])
+                if (p.pid, p.info["create_time"]) in identities]
+        still_listening = {address: owner for address, owner in listeners(list(psutil.process_iter())).items()
+                           if address in listening}
+        return StopReport(way, self.process.returncode, seconds, left,
+                          [f"{ip}:{port} ({owner})" for (ip, port), owner in still_listening.items()])
 
 
 def start_app(config_path: Path, log_path: Path, probe_request: Optional[dict] = None,
@@ -78,8 +145,10 @@ def start_app(config_path: Path, log_path: Path, probe_request: Optional[dict] =
     """
     port, metrics_port = free_port(), free_port()
     log = log_path.open("w")
+    ray_log_path = log_path.with_name(f"{log_path.stem}-ray.log")
     process = subprocess.Popen(
-        [str(LLM_SERVING), "serve", str(config_path), "--port", str(port), "--metrics-port", str(metrics_port)],
+        [str(LLM_SERVING), "serve", str(config_path), "--port", str(port), "--metrics-port", str(metrics_port),
+         "--log-file", str(ray_log_path)],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=REPO,
@@ -91,6 +160,7 @@ def start_app(config_path: Path, log_path: Path, probe_request: Optional[dict] =
         metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         process=process,
         log_path=log_path,
+        ray_log_path=ray_log_path,
     )
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     with httpx.Client(timeout=5) as client:

@@ -2,6 +2,8 @@
 HAProxy) and the gateway runs inside it, wrapping vLLM's own app. Same promises as the gateway
 deployment: auth, errors in OpenAI's shape, probes."""
 
+import signal
+
 import httpx
 import openai
 import pytest
@@ -26,7 +28,8 @@ def direct(tmp_path_factory):
     config_file.write_text(yaml.safe_dump(args))
     app = start_app(config_file, work / "serve.log")
     yield app
-    assert app.stop() == 0, app.log_tail()
+    stopped = app.stop(signal.SIGTERM, to_group=True)  # as `timeout`, systemd and container runtimes do
+    assert stopped.clean, f"llm-serving did not stop cleanly: {stopped}\n{app.log_tail()}"
 
 
 def test_runs_on_the_direct_streaming_path(direct):

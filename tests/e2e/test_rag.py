@@ -9,6 +9,7 @@ once for the tests, once more on the same Milvus Lite file to prove persistence.
 from __future__ import annotations
 
 import random
+import signal
 
 import httpx
 import openai
@@ -59,9 +60,10 @@ class RagApp:
         self.http = httpx.Client(base_url=self.running.base_url, headers=AUTH, timeout=120)
         return self.running
 
-    def stop(self):
+    def stop(self, signum=signal.SIGINT):
         self.http.close()
-        assert self.running.stop() == 0, f"llm-serving did not stop cleanly:\n{self.running.log_tail()}"
+        stopped = self.running.stop(signum)
+        assert stopped.clean, f"llm-serving did not stop cleanly: {stopped}\n{self.running.log_tail()}"
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +257,7 @@ def test_rag_chat_answers_with_citations(rag_app, http):
 def test_restart_keeps_the_ingested_data(rag_app):
     before_count = chunk_count(rag_app.http)
     before_hits = ranked_documents(rag_app.http, {"query": "What happens when the Moon hides the Sun?"})
-    rag_app.stop()
+    rag_app.stop(signal.SIGTERM)  # to the command, as a plain `kill` does
     assert rag_app.db_path.exists()
     rag_app.start()  # same config, same Milvus Lite file
     assert chunk_count(rag_app.http) == before_count

