@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[2]
 LLM_SERVING = Path(sys.executable).parent / "llm-serving"
 STARTUP_TIMEOUT_S = 900
+STOP_BOUND_S = 30
 
 
 def free_port() -> int:
@@ -29,10 +30,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def haproxy_ports() -> Dict[str, str]:
-    """Ray's HAProxy binds fixed stats and metrics ports by default; free ones let two instances
-    (a test's and a developer's, or two tests') run on one machine."""
-    return {"RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}
+def per_instance_ports() -> Dict[str, str]:
+    """Ray's HAProxy binds fixed stats and metrics ports by default, and Serve's own proxy behind it
+    a fixed fallback port (8500, with SO_REUSEPORT: two instances would share it); free ones let
+    two instances (a test's and a developer's, or two tests') run side by side on one machine."""
+    return {
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+    }
 
 
 @dataclass
@@ -52,11 +58,13 @@ class StopReport:
     exit_code: int
     seconds: float
     processes_left: List[str]  # of the command's process tree as it was just before the signal
-    listeners_left: List[str]  # addresses the tree listened on that something still listens on
+    listeners_left: List[str]  # addresses that processes of that tree still listen on
 
     @property
     def clean(self) -> bool:
-        return self.exit_code == 0 and not self.processes_left and not self.listeners_left
+        # The bound catches a stop that hangs (it took 39 s before the supervisor); a few seconds is usual.
+        return (self.exit_code == 0 and not self.processes_left and not self.listeners_left
+                and self.seconds < STOP_BOUND_S)
 
     def __str__(self) -> str:
         return (f"{self.way}: exit code {self.exit_code} after {self.seconds:.1f} s; processes left: "
@@ -110,7 +118,6 @@ class RunningApp:
         if self.process.poll() is not None:
             return StopReport(way, self.process.returncode, 0.0, [], [])
         tree = process_tree(self.process.pid)
-        listening = listeners(tree)
         identities = set()  # (pid, start time): a pid alone may be reused by then
         for process in tree[1:]:
             try:
@@ -128,12 +135,11 @@ class RunningApp:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         seconds = time.monotonic() - started
-        left = [f"{p.info['name']}[{p.pid}]" for p in psutil.process_iter(["name", "create_time"])
-                if (p.pid, p.info["create_time"]) in identities]
-        still_listening = {address: owner for address, owner in listeners(list(psutil.process_iter())).items()
-                           if address in listening}
-        return StopReport(way, self.process.returncode, seconds, left,
-                          [f"{ip}:{port} ({owner})" for (ip, port), owner in still_listening.items()])
+        survivors = [p for p in psutil.process_iter(["name", "create_time"])
+                     if (p.pid, p.info["create_time"]) in identities]
+        return StopReport(way, self.process.returncode, seconds,
+                          [f"{p.info['name']}[{p.pid}]" for p in survivors],
+                          [f"{ip}:{port} ({owner})" for (ip, port), owner in listeners(survivors).items()])
 
 
 def start_app(config_path: Path, log_path: Path, probe_request: Optional[dict] = None,
@@ -152,7 +158,7 @@ def start_app(config_path: Path, log_path: Path, probe_request: Optional[dict] =
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=REPO,
-        env={**os.environ, **haproxy_ports(), **(env or {})},
+        env={**os.environ, **per_instance_ports(), **(env or {})},
         start_new_session=True,  # our own process group: a hard kill takes Ray's children too
     )
     app = RunningApp(
