@@ -1,13 +1,17 @@
 # Two commands on a fresh machine (each installs what it needs first):
 #   make serve   serve values/dev-cpu.yaml locally on the CPU (CONFIG=path to serve another file)
 #   make test    run the whole test suite
-# Also: make bench (benchmarks that print ratios), make lock (re-freeze dependencies).
+# Also: make bench (benchmarks that print ratios), make lock (re-freeze dependencies),
+#   make image (build the CPU image with buildah) and make image-test (build it, serve from it, test it).
 
 VENV  := .venv
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: serve test bench lock setup
+.PHONY: serve test bench lock setup image image-test
+
+# The CPU image, built locally (no Docker daemon or Docker Hub needed): see ci/build-image.sh.
+IMAGE ?= localhost/llm-serving:$(shell sed -n 's/^version = "\(.*\)"$$/\1/p' image/pyproject.toml)-cpu
 
 $(STAMP): requirements-dev.lock image/pyproject.toml ci/setup.sh ci/install-tools.sh
 	ci/setup.sh
@@ -26,3 +30,14 @@ bench: $(STAMP)
 
 lock:
 	ci/lock.sh
+
+image:
+	IMAGE=$(IMAGE) ci/build-image.sh
+
+# Builds the image (cached layers are reused), runs it as a container and drives it with the
+# openai client (tests/image); prints the build time, image size and the container's time to ready.
+image-test: $(STAMP)
+	@started=$$(date +%s); \
+	IMAGE=$(IMAGE) ci/build-image.sh && \
+	LLM_SERVING_IMAGE=$(IMAGE) ci/test.sh tests/image -s; \
+	status=$$?; echo "image-test: $$(($$(date +%s) - started)) s in all"; exit $$status
