@@ -64,7 +64,8 @@ def test_install_job_provides_what_the_ci_scenarios_reference():
     repository, tag = image.rsplit(":", 1)
     assert tag.endswith("-cpu")
     assert f'image="{repository}:${{app_version}}-cpu"' in steps
-    assert "-f image/Dockerfile.cpu" in steps and 'kind load docker-image "$image"' in steps
+    # From the repository root: the image takes the app, its lock and the default profile from there.
+    assert '-f image/Dockerfile.cpu -t "$image" .\n' in steps and 'kind load docker-image "$image"' in steps
     # The API keys Secret the features scenario mounts exists in the namespace ct installs into.
     secret = yaml.safe_load(scenario.read_text())["apiKeys"]["existingSecret"]
     assert f"create secret generic {secret}" in steps
