@@ -7,8 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from ray.serve._private.haproxy_templates import HAPROXY_CONFIG_TEMPLATE
-
+from llm_serving._ray import HAPROXY_CONFIG_TEMPLATE
 from llm_serving.local_binding import bind_to, is_loopback, rewritten_arguments, write_launcher
 
 BIND_LINE = re.compile(r"^\s*bind\s+(?P<address>\S+)", re.MULTILINE)

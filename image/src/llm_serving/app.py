@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from ray import serve
-from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-from ray.llm._internal.serve.core.ingress.builder import (
-    _build_direct_streaming_llm_deployment,
-    _build_openai_ingress_request_router,
-)
-from ray.llm._internal.serve.core.server.builder import build_llm_deployment
-from ray.serve._private.constants import RAY_SERVE_ENABLE_HA_PROXY
 from ray.serve.deployment import Application
-from ray.serve.llm import LLMConfig
+from ray.serve.llm import LLMConfig, build_llm_deployment
 
+from llm_serving._ray import (
+    RAY_SERVE_ENABLE_HA_PROXY,
+    build_direct_streaming_llm_deployment,
+    build_openai_ingress_request_router,
+    to_model_metadata,
+    with_ingress_request_router,
+)
 from llm_serving.config import AppConfig, ModelConfig, parse_app_config
 from llm_serving.config_files import APP_NAME, IMPORT_PATH
 from llm_serving.ingress import GatewayIngress
@@ -117,11 +117,11 @@ def build_app(args: Dict[str, Any]) -> Application:
 
     if uses_direct_streaming(config):
         (llm_config,) = llm_configs.values()
-        server = _build_direct_streaming_llm_deployment(
+        server = build_direct_streaming_llm_deployment(
             llm_config, bind_kwargs={"gateway": gateway}, override_serve_options=traffic
         )
-        router = _build_openai_ingress_request_router(server=server, llm_config=llm_config)
-        return server._with_ingress_request_router(router)
+        router = build_openai_ingress_request_router(server=server, llm_config=llm_config)
+        return with_ingress_request_router(server, router)
 
     ingress = config.gateway.ingress
     all_scale_to_zero = all(m.autoscaling.min_replicas == 0 for m in config.models.values())

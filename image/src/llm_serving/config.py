@@ -11,8 +11,8 @@ import re
 from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from ray.llm._internal.serve.core.configs.accelerators import AcceleratorType
 
+from llm_serving._ray import AcceleratorType
 from llm_serving.rag.prompt import DEFAULT_INSTRUCTIONS
 
 from llm_serving.traffic_config import TrafficConfig

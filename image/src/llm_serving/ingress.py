@@ -8,17 +8,18 @@ from typing import Any, Dict, Optional, Tuple
 
 from fastapi import FastAPI
 from ray import serve
-from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress, make_fastapi_ingress
-from ray.llm._internal.serve.core.ingress.middleware import (
+from ray.serve.handle import DeploymentHandle
+from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+
+from llm_serving._ray import (
     SetRequestIdMiddleware,
     add_exception_handling_middleware,
-)
-from ray.llm._internal.serve.observability.metrics.fast_api_metrics import (
     add_http_metrics_middleware,
+    asgi_app_of,
+    default_handles,
     metrics_lifespan,
+    set_asgi_app,
 )
-from ray.serve.handle import DeploymentHandle
-
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.metrics import GatewayMetrics
 from llm_serving.gateway.middleware import build_gateway, key_store_for
@@ -90,11 +91,12 @@ class _GatewayOpenAiIngress(OpenAiIngress):
         rag_store: Optional[DeploymentHandle] = None,
     ):
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
+        self._model_names = list(model_cards)
         self._rag, self._rag_store = rag, rag_store
         self._gateway_config = GatewayConfig.model_validate(gateway)
         self._key_store = key_store_for(self._gateway_config)
         self._readiness = ModelReadiness(llm_deployments)
-        self._traffic = TrafficControl(self._gateway_config, list(model_cards), self._key_store)
+        self._traffic = TrafficControl(self._gateway_config, self._model_names, self._key_store)
 
     async def reconfigure(self, user_config: Dict[str, Any]) -> None:
         """Serve's user_config: aliases, sticky routing and limits, applied in place."""
@@ -105,14 +107,15 @@ class GatewayIngress(make_fastapi_ingress(_GatewayOpenAiIngress, app=_ingress_fa
     async def __init__(self, *args, **kwargs):
         await super().__init__(*args, **kwargs)
         self._readiness.start()
-        app = self._asgi_app
+        app = asgi_app_of(self)
         if self._rag is not None:  # /v1/rag/... and `rag` on chat, inside the gateway's checks
-            app = rag_layer(app, self._rag, self._default_serve_handles, self._rag_store)
-        self._set_asgi_app(
+            app = rag_layer(app, self._rag, default_handles(self), self._rag_store)
+        set_asgi_app(
+            self,
             build_gateway(
                 app,
                 self._gateway_config,
-                list(self._model_cards),
+                list(self._model_names),
                 self._key_store,
                 self._readiness,
                 record=GatewayMetrics().record,

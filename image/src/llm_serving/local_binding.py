@@ -44,7 +44,7 @@ def is_loopback(host: str) -> bool:
 
 def bind_serve_replicas_to_loopback() -> None:
     """A worker_process_setup_hook: Serve replicas' inter-deployment gRPC server on the loopback."""
-    from ray.serve._private import replica  # private: Ray 2.60 hard-codes "[::]:0" in it
+    from llm_serving._ray import serve_replica as replica  # Ray 2.60 hard-codes "[::]:0" in it
 
     bind_any_interface = replica.add_port_to_grpc_server
 

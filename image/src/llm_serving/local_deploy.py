@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from ray import serve
-from ray.serve.context import _get_global_client
 from ray.serve.schema import (
     ApplicationStatus,
     ApplicationStatusOverview,
@@ -25,6 +24,8 @@ from ray.serve.schema import (
     ServeDeploySchema,
     ServeInstanceDetails,
 )
+
+from llm_serving._ray import serve_controller_client
 
 POLL_INTERVAL_S = 0.5
 
@@ -51,7 +52,7 @@ class LocalDeployer:
     """Applies one Serve application to the Serve instance this process started."""
 
     def __init__(self) -> None:
-        self._client = _get_global_client()
+        self._client = serve_controller_client()
         self._current: Optional[Dict[str, Any]] = None
 
     def apply(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from ray.llm._internal.serve.core.server.llm_server import LLMServer
+from ray.serve.llm.deployment import LLMServer
 
+from llm_serving._ray import clear_engine_config
 from llm_serving.builtin_models import resolve_model_source
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.metrics import GatewayMetrics
@@ -23,12 +24,13 @@ class GatewayLLMServer(LLMServer):
             llm_config = llm_config.model_copy(deep=True)
             llm_config.model_loading_config.model_source = resolve_model_source(source)
             # The engine config was cached (by the builder) with the unresolved source.
-            llm_config._engine_config = None
+            clear_engine_config(llm_config)
+        self._model_id = llm_config.model_id
         self._gateway_config = GatewayConfig.model_validate(gateway) if gateway is not None else None
         # Read the keys before the engine loads, so a missing Secret fails the replica at once.
         self._key_store = key_store_for(self._gateway_config) if self._gateway_config else None
         self._traffic = (
-            TrafficControl(self._gateway_config, [llm_config.model_id], self._key_store)
+            TrafficControl(self._gateway_config, [self._model_id], self._key_store)
             if self._gateway_config
             else None
         )
@@ -47,7 +49,7 @@ class GatewayLLMServer(LLMServer):
         return build_gateway(
             app,
             self._gateway_config,
-            [self._llm_config.model_id],
+            [self._model_id],
             self._key_store,
             record=GatewayMetrics().record,
             traffic=self._traffic,

@@ -97,10 +97,7 @@ class RagService:
 
     async def embed(self, model: str, texts: Sequence[str]) -> List[List[float]]:
         """Embeddings of `texts` from the app's own `model`, in batches sent concurrently."""
-        from ray.llm._internal.serve.core.configs.openai_api_models import (
-            EmbeddingCompletionRequest,
-            ErrorResponse,
-        )
+        from llm_serving._ray import EmbeddingCompletionRequest, ErrorResponse
 
         handle = self._embedders.get(model)
         if handle is None:

@@ -1,0 +1,143 @@
+"""The one door to Ray's internals: every private Ray name the app uses is reached through here.
+
+Ray 2.60 has public names for most of what the app builds on (`ray.serve.llm`: LLMConfig,
+build_llm_deployment; `ray.serve.llm.deployment.LLMServer`; `ray.serve.llm.ingress`: OpenAiIngress,
+make_fastapi_ingress), and the app imports those where they are. What is left has no public name
+and lives here: the names in PRIVATE_NAMES, and small functions for the private attributes of
+Ray's objects that the app reads or sets. A Ray upgrade that moves or drops one fails in one place,
+tests/unit/test_ray_door.py, with the name and what we use it for.
+
+Importing this module imports nothing of Ray: each name loads its own Ray module when first asked
+for (a module `__getattr__`, PEP 562). So the worker setup hook in local_binding reaches Serve's
+replica module without loading Ray Serve LLM (and vLLM with it) into every Ray worker, and the CLI,
+which must set Ray's environment before Ray is imported, imports Ray no earlier than it did.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Dict, Optional, Tuple
+
+_LLM = "ray.llm._internal.serve"
+
+# Our name -> (Ray module, its name there or None for the module itself, what we use it for and
+# why no public name does). One line each; the same words are in the error a missing name raises.
+PRIVATE_NAMES: Dict[str, Tuple[str, Optional[str], str]] = {
+    "to_model_metadata": (
+        f"{_LLM}.core.configs.openai_api_models", "to_model_metadata",
+        "the model cards OpenAiIngress takes (Ray's own OpenAiIngress docs import it from here too)",
+    ),
+    "build_direct_streaming_llm_deployment": (
+        f"{_LLM}.core.ingress.builder", "_build_direct_streaming_llm_deployment",
+        "the engine replica as the ingress with our bind_kwargs and user_config; build_openai_app takes neither",
+    ),
+    "build_openai_ingress_request_router": (
+        f"{_LLM}.core.ingress.builder", "_build_openai_ingress_request_router",
+        "the request router peer of a direct-streaming engine, as build_openai_app builds it",
+    ),
+    "RAY_SERVE_ENABLE_HA_PROXY": (
+        "ray.serve._private.constants", "RAY_SERVE_ENABLE_HA_PROXY",
+        "whether Serve runs HAProxy, as Ray read it at import; no public getter",
+    ),
+    "SetRequestIdMiddleware": (
+        f"{_LLM}.core.ingress.middleware", "SetRequestIdMiddleware",
+        "Ray's ingress app rebuilt without its allow-all CORS; no public way to drop that one middleware",
+    ),
+    "add_exception_handling_middleware": (
+        f"{_LLM}.core.ingress.middleware", "add_exception_handling_middleware",
+        "Ray's ingress app rebuilt without its allow-all CORS (its OpenAI-style error bodies)",
+    ),
+    "add_http_metrics_middleware": (
+        f"{_LLM}.observability.metrics.fast_api_metrics", "add_http_metrics_middleware",
+        "Ray's ingress app rebuilt without its allow-all CORS (its HTTP metrics)",
+    ),
+    "metrics_lifespan": (
+        f"{_LLM}.observability.metrics.fast_api_metrics", "metrics_lifespan",
+        "Ray's ingress app rebuilt without its allow-all CORS (its metrics lifespan)",
+    ),
+    "EmbeddingCompletionRequest": (
+        f"{_LLM}.core.configs.openai_api_models", "EmbeddingCompletionRequest",
+        "RAG embeds through the engine handle; the public EmbeddingRequest is a Union, not constructible",
+    ),
+    "ErrorResponse": (
+        f"{_LLM}.core.configs.openai_api_models", "ErrorResponse",
+        "isinstance on what the engine returns; the public ErrorResponse is a subclass the engine never makes",
+    ),
+    "AcceleratorType": (
+        f"{_LLM}.core.configs.accelerators", "AcceleratorType",
+        "the accelerator type names config's schema lists (Ray validates accelerator_type against them)",
+    ),
+    "serve_controller_client": (
+        "ray.serve.context", "_get_global_client",
+        "declarative deploys (deploy_apps) as the REST API and KubeRay do; public serve.run is imperative",
+    ),
+    "serve_replica": (
+        "ray.serve._private.replica", None,
+        "local_binding patches its add_port_to_grpc_server, which hard-codes `[::]:0`; no setting for it",
+    ),
+    "HAPROXY_CONFIG_TEMPLATE": (
+        "ray.serve._private.haproxy_templates", "HAPROXY_CONFIG_TEMPLATE",
+        "the HAProxy config whose wildcard listeners local_binding rewrites; a unit test reads it",
+    ),
+}
+
+# Private attributes of Ray's objects that the functions below read or set: (Ray module, class,
+# attribute). tests/unit/test_ray_door.py checks each is still there.
+PRIVATE_ATTRIBUTES: Tuple[Tuple[str, str, str], ...] = (
+    ("ray.serve._private.http_util", "ASGIAppReplicaWrapper", "_asgi_app"),
+    ("ray.serve._private.http_util", "ASGIAppReplicaWrapper", "_set_asgi_app"),
+    (f"{_LLM}.core.ingress.ingress", "OpenAiIngress", "_default_serve_handles"),
+    (f"{_LLM}.core.configs.llm_config", "LLMConfig", "_engine_config"),
+    ("ray.serve.deployment", "Application", "_with_ingress_request_router"),
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in PRIVATE_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, attribute, used_for = PRIVATE_NAMES[name]
+    where = module_name if attribute is None else f"{module_name}.{attribute}"
+    try:
+        module = importlib.import_module(module_name)
+        value = module if attribute is None else getattr(module, attribute)
+    except (ImportError, AttributeError) as error:
+        # AttributeError, so `from llm_serving._ray import X` says "cannot import name X" from here.
+        raise AttributeError(
+            f"{__name__}.{name}: this Ray has no `{where}` ({error}); we use it for: {used_for}. "
+            f"Find its new place and update {__name__}.PRIVATE_NAMES."
+        ) from error
+    globals()[name] = value  # loaded once
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(PRIVATE_NAMES))
+
+
+# Private attributes, each behind a small named function.
+
+
+def asgi_app_of(ingress: Any) -> Any:
+    """The ASGI app a Serve ingress replica serves (kept by Serve's ASGIAppReplicaWrapper)."""
+    return ingress._asgi_app
+
+
+def set_asgi_app(ingress: Any, app: Any) -> None:
+    """Serve `app` from this ingress replica instead (with the lifespan handling Serve sets up)."""
+    ingress._set_asgi_app(app)
+
+
+def default_handles(ingress: Any) -> Dict[str, Any]:
+    """OpenAiIngress's deployment handle per model id (the handles it routes requests with)."""
+    return ingress._default_serve_handles
+
+
+def clear_engine_config(llm_config: Any) -> None:
+    """Forget the engine config LLMConfig cached, so the next get_engine_config() reads the
+    config again (after the model source changed)."""
+    llm_config._engine_config = None
+
+
+def with_ingress_request_router(server: Any, router: Any) -> Any:
+    """`server` with `router` as its ingress request router peer (direct streaming)."""
+    return server._with_ingress_request_router(router)

@@ -1,0 +1,114 @@
+"""llm_serving._ray is the one door to Ray's internals: each private name and attribute behind it
+still exists in the installed Ray (so a Ray upgrade fails here, naming what moved), and no other
+module of the app reaches past it."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+
+from llm_serving import _ray
+
+PACKAGE = Path(_ray.__file__).parent
+DOOR = Path(_ray.__file__)
+# Ray's private attributes the app used to read and now does without (it keeps its own copy).
+NO_LONGER_USED = ("_llm_config", "_model_cards")
+
+
+@pytest.mark.parametrize("name", sorted(_ray.PRIVATE_NAMES))
+def test_each_private_name_behind_the_door_exists_in_this_ray(name):
+    try:
+        value = getattr(_ray, name)
+    except AttributeError as error:  # the door's message names the Ray name and what we use it for
+        pytest.fail(str(error), pytrace=False)
+    assert value is not None
+
+
+@pytest.mark.parametrize(
+    "module, owner, attribute", _ray.PRIVATE_ATTRIBUTES, ids=[f"{o}.{a}" for _, o, a in _ray.PRIVATE_ATTRIBUTES]
+)
+def test_each_private_attribute_the_door_touches_exists_in_this_ray(module, owner, attribute):
+    cls = getattr(importlib.import_module(module), owner)
+    present = (
+        hasattr(cls, attribute)  # a method
+        or attribute in getattr(cls, "__private_attributes__", {})  # a pydantic private attribute
+        or re.search(rf"self\.{attribute}\s*[:=]", inspect.getsource(cls))  # set on the instance
+    )
+    assert present, f"{module}.{owner} no longer has `{attribute}`; update the function in llm_serving/_ray.py that uses it"
+
+
+def test_the_asgi_app_accessors_agree_with_serves_public_app_property():
+    class Plain:
+        pass
+
+    class Replica(make_fastapi_ingress(Plain, endpoint_map={}, app=FastAPI())):
+        def __del__(self):  # Serve awaits the real (async) one when a replica stops; none runs here
+            pass
+
+    replica = Replica.__new__(Replica)  # no replica context needed: only the app slot is used
+    app = FastAPI()
+    _ray.set_asgi_app(replica, app)
+    assert _ray.asgi_app_of(replica) is app
+    assert replica.app is app
+
+
+def test_default_handles_are_the_handles_the_ingress_was_given():
+    handles = {"m": object()}
+    ingress = OpenAiIngress(handles, {"m": object()})
+    assert _ray.default_handles(ingress) == handles
+
+
+def _private_ray_references():
+    names = {attribute for _, _, attribute in _ray.PRIVATE_ATTRIBUTES}
+    names |= {attribute for _, attribute, _ in _ray.PRIVATE_NAMES.values() if attribute and attribute.startswith("_")}
+    names |= set(NO_LONGER_USED)
+    patterns = [re.escape("ray.llm._internal"), re.escape("ray.serve._private")]
+    patterns += [rf"(?<!\w){re.escape(name)}(?!\w)" for name in sorted(names)]
+    return re.compile("|".join(patterns))
+
+
+def test_no_module_but_the_door_names_rays_internals():
+    private = _private_ray_references()
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == DOOR:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            match = private.search(line)
+            if match:
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{number}: {match.group(0)}")
+    assert not found, "Ray's internals outside llm_serving/_ray.py (go through the door):\n" + "\n".join(found)
+
+
+def test_the_scan_would_see_a_private_import_or_attribute():
+    private = _private_ray_references()
+    assert private.search("from ray.serve._private.constants import X")
+    assert private.search("app = self._asgi_app")
+    assert private.search("self._set_asgi_app(app)")
+    assert not private.search("def to_llm_config(name)")
+
+
+def _ray_modules_after(code: str):
+    script = code + "\nimport sys\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'vllm')))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return eval(result.stdout.strip().splitlines()[-1])  # noqa: S307 - our own print of a list of str
+
+
+def test_importing_the_door_imports_no_ray():
+    # The CLI sets Ray's environment before importing Ray.
+    assert _ray_modules_after("import llm_serving._ray, llm_serving.local_binding") == []
+
+
+def test_the_worker_setup_hooks_name_loads_serves_replica_but_not_ray_serve_llm():
+    modules = _ray_modules_after("from llm_serving._ray import serve_replica")
+    assert "ray.serve._private.replica" in modules
+    assert not [m for m in modules if m.startswith(("ray.llm", "vllm"))], modules
