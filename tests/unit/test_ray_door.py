@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 
 from llm_serving import _ray
+from llm_serving.config import ACCELERATOR_TYPES
 
 PACKAGE = Path(_ray.__file__).parent
 DOOR = Path(_ray.__file__)
@@ -66,6 +67,15 @@ def test_default_handles_are_the_handles_the_ingress_was_given():
     assert _ray.default_handles(ingress) == handles
 
 
+def test_our_accelerator_types_are_the_installed_rays():
+    rays = tuple(accelerator.value for accelerator in _ray.AcceleratorType)
+    assert ACCELERATOR_TYPES == rays, (
+        "Ray's AcceleratorType changed; copy its values into llm_serving/config.py ACCELERATOR_TYPES "
+        f"(added: {sorted(set(rays) - set(ACCELERATOR_TYPES))}, removed: {sorted(set(ACCELERATOR_TYPES) - set(rays))}) "
+        "and regenerate the values schema (ci/gen_values_schema.py)"
+    )
+
+
 def _private_ray_references():
     names = {attribute for _, _, attribute in _ray.PRIVATE_ATTRIBUTES}
     names |= {attribute for _, attribute, _ in _ray.PRIVATE_NAMES.values() if attribute and attribute.startswith("_")}
@@ -103,9 +113,9 @@ def _ray_modules_after(code: str):
     return eval(result.stdout.strip().splitlines()[-1])  # noqa: S307 - our own print of a list of str
 
 
-def test_importing_the_door_imports_no_ray():
-    # The CLI sets Ray's environment before importing Ray.
-    assert _ray_modules_after("import llm_serving._ray, llm_serving.local_binding") == []
+def test_importing_the_door_or_the_config_imports_no_ray():
+    # The CLI sets Ray's environment before importing Ray; the schema generator runs without Ray.
+    assert _ray_modules_after("import llm_serving._ray, llm_serving.config, llm_serving.local_binding") == []
 
 
 def test_the_worker_setup_hooks_name_loads_serves_replica_but_not_ray_serve_llm():

@@ -65,7 +65,7 @@ PRIVATE_NAMES: Dict[str, Tuple[str, Optional[str], str]] = {
     ),
     "AcceleratorType": (
         f"{_LLM}.core.configs.accelerators", "AcceleratorType",
-        "the accelerator type names config's schema lists (Ray validates accelerator_type against them)",
+        "the source of config.ACCELERATOR_TYPES, a copy so config needs no Ray; a unit test compares them",
     ),
     "serve_controller_client": (
         "ray.serve.context", "_get_global_client",

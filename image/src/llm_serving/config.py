@@ -12,13 +12,26 @@ from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from llm_serving._ray import AcceleratorType
 from llm_serving.rag.prompt import DEFAULT_INSTRUCTIONS
 
 from llm_serving.traffic_config import TrafficConfig
 
 # The accelerator types Ray Serve LLM accepts, so the chart's schema rejects a typo at `helm template`.
-RayAcceleratorType = Literal[tuple(accelerator.value for accelerator in AcceleratorType)]
+# Copied, in order, from Ray 2.60's enum (ray/llm/_internal/serve/core/configs/accelerators.py,
+# AcceleratorType) so that this module, and the schema generator that imports it, need no Ray;
+# tests/unit/test_ray_door.py fails when the copy and the installed Ray's enum differ.
+ACCELERATOR_TYPES = (
+    "V100", "P100", "T4", "P4", "K80", "A10G", "L4", "L40S", "A100", "H100", "H200", "H20", "B200", "B300",
+    "GB200", "GB300", "RTX-PRO-6000", "Intel-GPU-Max-1550", "Intel-GPU-Max-1100", "Intel-GAUDI",
+    "AMD-Instinct-MI100", "AMD-Instinct-MI250X", "AMD-Instinct-MI250X-MI250", "AMD-Instinct-MI210",
+    "AMD-Instinct-MI300A", "AMD-Instinct-MI300X-OAM", "AMD-Instinct-MI300X-HF", "AMD-Instinct-MI308X",
+    "AMD-Instinct-MI325X-OAM", "AMD-Instinct-MI350X-OAM", "AMD-Instinct-MI355X-OAM",
+    "AMD-Radeon-R9-200-HD-7900", "AMD-Radeon-HD-7900", "aws-neuron-core", "TPU-V2", "TPU-V3", "TPU-V4",
+    "TPU-V5P", "TPU-V5LITEPOD", "TPU-V6E", "TPU-V7X", "Ascend910B", "Ascend910B4", "MXC500", "MXC550",
+    "FURIOSA_RNGD", "M1", "M1-Pro", "M1-Max", "M1-Ultra", "M2", "M2-Pro", "M2-Max", "M2-Ultra", "M3",
+    "M3-Pro", "M3-Max", "Apple-Silicon", "A100-40G", "A100-80G", "MOBILINT_ARIES", "MOBILINT_REGULUS",
+)
+RayAcceleratorType = Literal[ACCELERATOR_TYPES]
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$"
 
