@@ -1,6 +1,7 @@
 """The retrieval-augmented prompt: which text is searched for and where the sources go."""
 
-from llm_serving.rag.prompt import DEFAULT_INSTRUCTIONS, build_rag_messages, format_sources, retrieval_query
+from llm_serving.config import DEFAULT_RAG_INSTRUCTIONS
+from llm_serving.rag.prompt import build_rag_messages, format_sources, retrieval_query
 
 
 def test_query_is_the_last_user_message():
@@ -42,7 +43,7 @@ def test_sources_go_into_a_new_leading_system_message():
     assert built[1:] == messages
     assert built[0] == {
         "role": "system",
-        "content": f"{DEFAULT_INSTRUCTIONS}\n\nSources:\n[1] Milvus is a vector database.",
+        "content": f"{DEFAULT_RAG_INSTRUCTIONS}\n\nSources:\n[1] Milvus is a vector database.",
     }
 
 

@@ -12,8 +12,6 @@ from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from llm_serving.rag.prompt import DEFAULT_INSTRUCTIONS
-
 from llm_serving.traffic_config import TrafficConfig
 
 # The accelerator types Ray Serve LLM accepts, so the chart's schema rejects a typo at `helm template`.
@@ -32,6 +30,12 @@ ACCELERATOR_TYPES = (
     "M3-Pro", "M3-Max", "Apple-Silicon", "A100-40G", "A100-80G", "MOBILINT_ARIES", "MOBILINT_REGULUS",
 )
 RayAcceleratorType = Literal[ACCELERATOR_TYPES]
+
+# The system instructions of a RAG chat unless `rag.instructions` says otherwise.
+DEFAULT_RAG_INSTRUCTIONS = (
+    "Answer the user's question using the numbered sources below. Cite the sources you use as [1], [2]. "
+    "If the sources do not contain the answer, say that you do not know."
+)
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$"
 
@@ -261,7 +265,7 @@ class RagConfig(StrictModel):
         6000, ge=100, description="Most characters of retrieved text put into a chat prompt (fit the model's context)."
     )
     instructions: str = Field(
-        DEFAULT_INSTRUCTIONS, min_length=1, description="System instructions placed before the numbered sources."
+        DEFAULT_RAG_INSTRUCTIONS, min_length=1, description="System instructions placed before the numbered sources."
     )
 
     @model_validator(mode="after")

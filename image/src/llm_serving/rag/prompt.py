@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-DEFAULT_INSTRUCTIONS = (
-    "Answer the user's question using the numbered sources below. Cite the sources you use as [1], [2]. "
-    "If the sources do not contain the answer, say that you do not know."
-)
+from llm_serving.config import DEFAULT_RAG_INSTRUCTIONS
 
 
 def message_text(content: Any) -> str:
@@ -49,7 +46,7 @@ def format_sources(texts: Sequence[str], max_chars: int) -> Tuple[str, int]:
 def build_rag_messages(
     messages: Sequence[Dict[str, Any]],
     texts: Sequence[str],
-    instructions: str = DEFAULT_INSTRUCTIONS,
+    instructions: str = DEFAULT_RAG_INSTRUCTIONS,
     max_context_chars: int = 6000,
 ) -> Tuple[List[Dict[str, Any]], int]:
     """The conversation with the retrieved sources in a system message at its start, and how many
