@@ -102,7 +102,9 @@ class VectorStore:
             self._client.close()
             if self._lite_path is not None:
                 # Stop the embedded Milvus Lite server now (it flushes and frees the file) rather
-                # than at interpreter exit.
+                # than at interpreter exit. milvus_lite's server manager is not its documented API
+                # (pymilvus has no public call for this); it stays here, not in llm_serving._ray,
+                # which is the door to Ray's internals, and tests/unit/test_rag_store.py runs it.
                 from milvus_lite.server_manager import server_manager_instance
 
                 server_manager_instance.release_server(self._lite_path)
