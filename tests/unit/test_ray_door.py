@@ -46,6 +46,16 @@ def test_each_private_attribute_the_door_touches_exists_in_this_ray(module, owne
     assert present, f"{module}.{owner} no longer has `{attribute}`; update the function in llm_serving/_ray.py that uses it"
 
 
+def test_the_serve_hook_the_engine_server_overrides_is_still_rays():
+    # Not private, but undocumented: were it renamed, the direct-streaming engine replica would
+    # silently serve vLLM's app without the gateway (no auth, no limits).
+    from ray.serve.llm.deployment import LLMServer
+
+    assert inspect.iscoroutinefunction(getattr(LLMServer, "__serve_build_asgi_app__", None)), (
+        "Ray's LLMServer no longer has `__serve_build_asgi_app__`; move GatewayLLMServer's override to its new hook"
+    )
+
+
 def test_the_asgi_app_accessors_agree_with_serves_public_app_property():
     class Plain:
         pass
