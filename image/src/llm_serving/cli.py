@@ -86,16 +86,16 @@ def _serve(args: argparse.Namespace) -> int:
     path, config = _load(args.config, args.on_cpu)  # a bad file is refused before anything starts
     run_directory = Path(tempfile.gettempdir()) / "llm-serving" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     log_path = None if args.verbose else (args.log_file or run_directory / "serve.log")
-    code = run_supervised(lambda: _run_server(args, path, config, run_directory, log_path), Console.terminal().say)
-    # Everything below is stopped and reaped; skip tearing down the modules the config imported
-    # (Ray's among them), which only delays the prompt by a second.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    return run_supervised(lambda: _run_server(args, path, config, run_directory, log_path), Console.terminal().say)
 
 
 def _run_server(args: argparse.Namespace, path: Path, config, run_directory: Path, log_path: Optional[Path]) -> int:
-    """The Ray driver, in the supervised child process (see local_process)."""
+    """The Ray driver, in the supervised child process (see local_process).
+
+    It stops by returning: no serve.shutdown() or ray.shutdown(). The first drains replicas one by
+    one (tens of seconds), and when the whole process group was signalled, the controller, the GCS
+    and the raylet are gone already and both would wait for them. The supervisor stops every
+    process below it at once as soon as this one has returned."""
     started = time.monotonic()
     console = Console.terminal() if log_path is None else Console.with_logs_in(log_path)
     if log_path is not None:
@@ -161,10 +161,6 @@ def _run_server(args: argparse.Namespace, path: Path, config, run_directory: Pat
     except Exception:  # noqa: BLE001 - whatever it is, the person must see it, not only the log
         console.error(f"llm-serving: failed:\n{traceback.format_exc()}{console.log_hint()}")
         return 1
-    # No serve.shutdown() or ray.shutdown() here: the first drains replicas one by one (tens of
-    # seconds), and when the whole process group was signalled, the controller, the GCS and the
-    # raylet are gone already and both would wait for them. The supervisor stops every process
-    # below it at once as soon as this one returns (see local_process).
 
 
 def _bind_haproxy_to(host: str, run_directory: Path) -> None:
