@@ -86,7 +86,9 @@ def _serve(args: argparse.Namespace) -> int:
     path, config = _load(args.config, args.on_cpu)  # a bad file is refused before anything starts
     run_directory = Path(tempfile.gettempdir()) / "llm-serving" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     log_path = None if args.verbose else (args.log_file or run_directory / "serve.log")
-    return run_supervised(lambda: _run_server(args, path, config, run_directory, log_path), Console.terminal().say)
+    return run_supervised(
+        lambda: _run_server(args, path, config, run_directory, log_path), Console.terminal().say, log_path
+    )
 
 
 def _run_server(args: argparse.Namespace, path: Path, config, run_directory: Path, log_path: Optional[Path]) -> int:

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, TextIO
+from typing import Callable, List, Optional, Set, TextIO
 
 import psutil
 
@@ -34,9 +34,12 @@ SWEEP_GRACE_S = 2.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def run_supervised(child: Callable[[], int], console: Callable[[str], None]) -> int:
+def run_supervised(
+    child: Callable[[], int], console: Callable[[str], None], log_path: Optional[Path] = None
+) -> int:
     """Run `child()` in a forked process and return its exit code once it and every process it
-    started are gone. SIGINT and SIGTERM are passed on to the child (once), SIGHUP too."""
+    started are gone. SIGINT and SIGTERM are passed on to the child (once), SIGHUP too. Which
+    processes had to be killed is written to `log_path` (else to the console)."""
     _become_subreaper()
     child_pid = os.fork()
     if child_pid == 0:  # the child: run, flush, and leave without Ray's atexit hooks
@@ -47,13 +50,14 @@ def run_supervised(child: Callable[[], int], console: Callable[[str], None]) -> 
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-    return _Supervisor(child_pid, console).run()
+    return _Supervisor(child_pid, console, log_path).run()
 
 
 class _Supervisor:
-    def __init__(self, child_pid: int, console: Callable[[str], None]) -> None:
+    def __init__(self, child_pid: int, console: Callable[[str], None], log_path: Optional[Path]) -> None:
         self.child_pid = child_pid
         self.console = console
+        self.log_path = log_path
         self.child_code: Optional[int] = None
         self.stop_requested_at: Optional[float] = None
         self.hurry = False  # a second stop signal: no more grace
@@ -73,7 +77,13 @@ class _Supervisor:
             signal.signal(signum, signal.SIG_IGN)
         killed = sweep_descendants(SWEEP_GRACE_S)
         if killed:
-            self.console(f"llm-serving: killed what did not stop within {SWEEP_GRACE_S:.0f} s: {', '.join(killed)}")
+            line = f"llm-serving: killed what did not stop within {SWEEP_GRACE_S:.0f} s: {', '.join(killed)}"
+            if self.log_path is None:
+                self.console(line)
+            else:
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                with self.log_path.open("a") as log:
+                    print(line, file=log)
         if self.stop_requested_at is not None:
             self.console(f"llm-serving: stopped in {time.monotonic() - self.stop_requested_at:.1f} s")
         return self.child_code
@@ -112,13 +122,17 @@ def sweep_descendants(grace_s: float) -> List[str]:
     All are asked at once (SIGTERM: Ray's GCS and raylet, its workers, vLLM's engine processes,
     HAProxy); what is left after `grace_s` is killed, Python's multiprocessing resource trackers
     last: they ignore SIGTERM by design and, once the processes they serve are gone, unlink the
-    shared memory those left behind (vLLM's 160 MB message queues in /dev/shm) and exit."""
+    shared memory those left behind (vLLM's 160 MB message queues in /dev/shm) and exit. Whatever
+    in /dev/shm the processes had mapped and is still there at the end is removed too (one stop
+    in six left a queue behind without it)."""
     me = psutil.Process()
     killed: List[str] = []
+    shared_memory: Set[str] = set()
     for _ in range(3):  # a process that was starting one as we looked: look again
         processes = me.children(recursive=True)
         if not processes:
             break
+        shared_memory |= _shared_memory_mapped_by(processes)
         _signal_all(processes, signal.SIGTERM)
         _, alive = psutil.wait_procs(processes, timeout=grace_s)
         trackers = [process for process in alive if _is_resource_tracker(process)]
@@ -134,7 +148,30 @@ def sweep_descendants(grace_s: float) -> List[str]:
                 break
         except ChildProcessError:
             break
+    # What a killed process (or a resource tracker that did not get to it) left in /dev/shm: every
+    # process that mapped it was ours and is gone, so nobody can use it any more.
+    for path in shared_memory:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
     return killed
+
+
+def _shared_memory_mapped_by(processes: List[psutil.Process]) -> Set[str]:
+    """The /dev/shm files the processes have mapped (from /proc/PID/maps: cheaper than smaps)."""
+    paths: Set[str] = set()
+    for process in processes:
+        try:
+            with open(f"/proc/{process.pid}/maps") as maps:
+                for line in maps:  # address perms offset device inode [path]
+                    fields = line.split(maxsplit=5)
+                    path = fields[5].strip() if len(fields) == 6 else ""
+                    if path.startswith("/dev/shm/") and not path.endswith("(deleted)"):
+                        paths.add(path)
+        except OSError:  # gone meanwhile, or not ours to read
+            pass
+    return paths
 
 
 def _signal_all(processes: List[psutil.Process], signum: int) -> List[str]:
