@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.charts import render
-from tests.charts.test_kuberay_operator import assert_same_keys, undocumented_keys
+from tests.charts.values_docs import assert_same_keys, undocumented_keys
 
 CHART = "karpenter-nodepools"
 CHART_DIR = render.CHARTS / CHART

@@ -8,43 +8,14 @@ the instance does.
 
 from __future__ import annotations
 
-import copy
 import signal
 
 import openai
 import pytest
 import yaml
 
-from llm_serving.config_files import load_app_args
-from tests.charts.render import VALUES, render_chart
-from tests.e2e.servers import REPO, start_app
-
-CHAT_MODEL = "tiny-chat"
-EMBED_MODEL = "all-minilm-l6-v2"
-FULL_KEY = "sk-e2e-full-access-0123456789"
-CHAT_ONLY_KEY = "sk-e2e-chat-only-0123456789"
-KEYS_DOCUMENT = {
-    "keys": [
-        {"name": "full-access", "key": FULL_KEY},
-        {"name": "chat-only", "key": CHAT_ONLY_KEY, "models": [CHAT_MODEL]},
-    ]
-}
-
-
-def dev_cpu_with_keys(keys_file) -> dict:
-    args = copy.deepcopy(load_app_args(REPO / "values" / "dev-cpu.yaml"))
-    args["gateway"]["auth"] = {"mode": "api_key", "api_keys": {"file": str(keys_file)}}
-    return args
-
-
-def serve_config_rendered_by_the_chart(keys_file) -> str:
-    """The serveConfigV2 that `helm install -f values/dev-cpu.yaml` would hand to KubeRay."""
-    auth = {"mode": "api_key", "api_keys": {"file": str(keys_file)}}
-    objects = render_chart("llm-serving", values_files=[VALUES / "dev-cpu.yaml"],
-                           values={"app": {"gateway": {"auth": auth}}})
-    (rayservice,) = [obj for obj in objects if obj["kind"] == "RayService"]
-    return rayservice["spec"]["serveConfigV2"]
-
+from tests.e2e.dev_cpu import CHAT_MODEL, CHAT_ONLY_KEY, FULL_KEY, KEYS_DOCUMENT, serve_config_rendered_by_the_chart
+from tests.e2e.servers import start_app
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory):

@@ -9,7 +9,7 @@ import openai
 import pytest
 import yaml
 
-from tests.e2e.conftest import CHAT_MODEL, FULL_KEY, KEYS_DOCUMENT, dev_cpu_with_keys
+from tests.e2e.dev_cpu import CHAT_MODEL, FULL_KEY, KEYS_DOCUMENT, dev_cpu_with_keys
 from tests.e2e.servers import start_app
 
 pytestmark = pytest.mark.e2e

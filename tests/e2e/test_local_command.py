@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from tests.e2e.conftest import CHAT_MODEL, EMBED_MODEL
+from tests.e2e.dev_cpu import CHAT_MODEL, EMBED_MODEL
 from tests.e2e.servers import listeners, process_tree
 
 PROGRESS_LINE = re.compile(r"^llm-serving: \[ *\d+ s\] (?P<deployment>\S+): (?P<state>starting|ready)$")

@@ -6,7 +6,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import CHAT_MODEL, EMBED_MODEL
+from tests.e2e.dev_cpu import CHAT_MODEL, EMBED_MODEL
 from tests.e2e.servers import scrape, total
 
 pytestmark = pytest.mark.e2e

@@ -6,7 +6,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.e2e.conftest import CHAT_MODEL, CHAT_ONLY_KEY, EMBED_MODEL, FULL_KEY
+from tests.e2e.dev_cpu import CHAT_MODEL, CHAT_ONLY_KEY, EMBED_MODEL, FULL_KEY
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ import openai
 import pytest
 import yaml
 
-from tests.e2e.conftest import CHAT_MODEL, CHAT_ONLY_KEY, EMBED_MODEL, FULL_KEY, KEYS_DOCUMENT, dev_cpu_with_keys
+from tests.e2e.dev_cpu import CHAT_MODEL, CHAT_ONLY_KEY, EMBED_MODEL, FULL_KEY, KEYS_DOCUMENT, dev_cpu_with_keys
 from tests.e2e.rag_corpus import DOCUMENTS, QUESTIONS
 from tests.e2e.servers import start_app
 

@@ -1,0 +1,37 @@
+"""The dev-cpu profile as the end-to-end tests serve it: its models, two API keys (one limited to
+the chat model), and the profile's app with those keys, as args or as the serveConfigV2 the chart
+renders. Shared by the test modules and the shared instance in conftest."""
+
+from __future__ import annotations
+
+import copy
+
+from llm_serving.config_files import load_app_args
+from tests.charts.render import VALUES, render_chart
+from tests.e2e.servers import REPO
+
+CHAT_MODEL = "tiny-chat"
+EMBED_MODEL = "all-minilm-l6-v2"
+FULL_KEY = "sk-e2e-full-access-0123456789"
+CHAT_ONLY_KEY = "sk-e2e-chat-only-0123456789"
+KEYS_DOCUMENT = {
+    "keys": [
+        {"name": "full-access", "key": FULL_KEY},
+        {"name": "chat-only", "key": CHAT_ONLY_KEY, "models": [CHAT_MODEL]},
+    ]
+}
+
+
+def dev_cpu_with_keys(keys_file) -> dict:
+    args = copy.deepcopy(load_app_args(REPO / "values" / "dev-cpu.yaml"))
+    args["gateway"]["auth"] = {"mode": "api_key", "api_keys": {"file": str(keys_file)}}
+    return args
+
+
+def serve_config_rendered_by_the_chart(keys_file) -> str:
+    """The serveConfigV2 that `helm install -f values/dev-cpu.yaml` would hand to KubeRay."""
+    auth = {"mode": "api_key", "api_keys": {"file": str(keys_file)}}
+    objects = render_chart("llm-serving", values_files=[VALUES / "dev-cpu.yaml"],
+                           values={"app": {"gateway": {"auth": auth}}})
+    (rayservice,) = [obj for obj in objects if obj["kind"] == "RayService"]
+    return rayservice["spec"]["serveConfigV2"]
