@@ -189,12 +189,12 @@ def start_app(config_path: Path, log_path: Path, probe_request: Optional[dict] =
 
 @contextmanager
 def redis_server(directory: Path) -> Iterator[str]:
-    """A real redis-server (ci/install-tools.sh installs it) on a free port; yields its URL."""
+    """A real redis-server (ci/install-tools.sh installs it) on a free loopback port; yields its URL."""
     server = shutil.which("redis-server")
     assert server, "redis-server is missing: run ci/install-tools.sh"
     port = free_port()
-    process = subprocess.Popen([server, "--port", str(port), "--save", "", "--appendonly", "no",
-                                "--dir", str(directory)], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen([server, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                "--appendonly", "no", "--dir", str(directory)], stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG":

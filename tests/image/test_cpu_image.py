@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -26,6 +24,8 @@ import pytest
 import redis
 import yaml
 
+from tests.e2e.servers import free_port, per_instance_ports, redis_server
+
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("LLM_SERVING_IMAGE", "")
 READY_TIMEOUT_S = float(os.environ.get("LLM_SERVING_IMAGE_READY_TIMEOUT", "600"))
@@ -36,44 +36,15 @@ LIMITED_REQUESTS = 3
 PROFILE_IN_CONTAINER = "/etc/llm-serving-test/profile.yaml"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*PODMAN, *args], capture_output=True, text=True, check=check, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def redis_url():
+def redis_url(tmp_path_factory):
     """A real redis-server on a free loopback port, for the gateway's shared limit counters."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.fail("redis-server is not installed (ci/install-tools.sh installs it)")
-    port = _free_port()
-    server = subprocess.Popen(
-        [executable, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = redis.Redis.from_url(url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def _profile(redis_url: str) -> dict:
@@ -103,7 +74,7 @@ def container(redis_url, tmp_path_factory):
     config_dir.chmod(0o755)
     (config_dir / "profile.yaml").chmod(0o644)
     keys = json.dumps({"keys": [{"name": "main", "key": MAIN_KEY}, {"name": "limited", "key": LIMITED_KEY}]})
-    port = _free_port()
+    port = free_port()
     name = f"llm-serving-image-test-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     _podman(
@@ -113,9 +84,9 @@ def container(redis_url, tmp_path_factory):
         "--shm-size", "1g",
         "--volume", f"{config_dir}:/etc/llm-serving-test:ro",
         "--env", f"LLM_SERVING_TEST_KEYS={keys}",
-        # With HAProxy in front, Serve's own proxy listens on a fixed port (8500) by default: another
-        # Ray on this host may hold it, since the container shares the host's network.
-        "--env", f"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT={_free_port()}",
+        # The container shares the host's network: Serve's fixed ports (HAProxy's stats and metrics,
+        # its fallback proxy) may be held by another Ray on this host.
+        *[argument for name, value in per_instance_ports().items() for argument in ("--env", f"{name}={value}")],
         IMAGE,
         "serve", PROFILE_IN_CONTAINER, "--host", "127.0.0.1", "--port", str(port),
     )  # fmt: skip
