@@ -5,20 +5,28 @@ nodePools/nodeClasses, because the llm-serving chart selects nodes by the pool n
 */}}
 
 {{/*
+Usage: {{ include "karpenter-nodepools.name" . }}
 The chart name (nameOverride wins), at most 63 characters.
-Usage: {{ include "karpenter-nodepools.chart.name" . }}
 */}}
-{{- define "karpenter-nodepools.chart.name" -}}
+{{- define "karpenter-nodepools.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/*
-Labels every object carries.
-Usage: {{ include "karpenter-nodepools.chart.labels" . }}
+Usage: {{ include "karpenter-nodepools.chart" . }}
+The helm.sh/chart label value: "<chart>-<version>".
 */}}
-{{- define "karpenter-nodepools.chart.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
-app.kubernetes.io/name: {{ include "karpenter-nodepools.chart.name" . }}
+{{- define "karpenter-nodepools.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "karpenter-nodepools.labels" . }}
+Labels every object carries. No selectorLabels: the chart renders no workload or Service to select.
+*/}}
+{{- define "karpenter-nodepools.labels" -}}
+helm.sh/chart: {{ include "karpenter-nodepools.chart" . }}
+app.kubernetes.io/name: {{ include "karpenter-nodepools.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
@@ -29,8 +37,8 @@ app.kubernetes.io/part-of: llm-serving
 {{- end -}}
 
 {{/*
-Whether the cluster serves the Karpenter v1 APIs (or assumeApiVersions lists them). Prints "true" or nothing.
 Usage: {{ if include "karpenter-nodepools.capabilities.karpenter" . }}
+Whether the cluster serves the Karpenter v1 APIs (or assumeApiVersions lists them). Prints "true" or nothing.
 */}}
 {{- define "karpenter-nodepools.capabilities.karpenter" -}}
 {{- $ok := true -}}
@@ -43,17 +51,17 @@ Usage: {{ if include "karpenter-nodepools.capabilities.karpenter" . }}
 {{- end -}}
 
 {{/*
+Usage: {{ include "karpenter-nodepools.placement.labelKey" . }}
 The placement label key every node of a pool carries, with the pool name as value. Shared with the
 llm-serving chart (its worker groups select it): change both or neither.
-Usage: {{ include "karpenter-nodepools.placement.labelKey" . }}
 */}}
 {{- define "karpenter-nodepools.placement.labelKey" -}}
 llm-serving.io/node-pool
 {{- end -}}
 
 {{/*
-The taint of GPU nodes, shared with the llm-serving chart (its GPU worker groups tolerate it).
 Usage: {{ include "karpenter-nodepools.placement.gpuTaint" . | nindent 8 }}
+The taint of GPU nodes, shared with the llm-serving chart (its GPU worker groups tolerate it).
 */}}
 {{- define "karpenter-nodepools.placement.gpuTaint" -}}
 - key: nvidia.com/gpu
@@ -62,9 +70,9 @@ Usage: {{ include "karpenter-nodepools.placement.gpuTaint" . | nindent 8 }}
 {{- end -}}
 
 {{/*
+Usage: {{ $pool := include "karpenter-nodepools.nodePool.settings" (dict "ctx" $ "pool" $raw) | fromJson }}
 A NodePool's effective settings: the defaults of its type, each key replaced by the pool's own.
 Returns JSON; `set` (unlike mergeOverwrite) lets false, "" and 0 override a default.
-Usage: {{ $pool := include "karpenter-nodepools.nodePool.settings" (dict "ctx" $ "pool" $raw) | fromJson }}
 */}}
 {{- define "karpenter-nodepools.nodePool.settings" -}}
 {{- $settings := deepCopy (index .ctx.Values.nodePoolDefaults .pool.type) -}}
@@ -75,9 +83,9 @@ Usage: {{ $pool := include "karpenter-nodepools.nodePool.settings" (dict "ctx" $
 {{- end -}}
 
 {{/*
+Usage: {{ include "karpenter-nodepools.nodePool.requirements" $pool | nindent 8 }}
 The requirements of a NodePool: instance families/categories, capacity types, architectures, Linux,
 then the extra requirements map, sorted by label key.
-Usage: {{ include "karpenter-nodepools.nodePool.requirements" $pool | nindent 8 }}
 */}}
 {{- define "karpenter-nodepools.nodePool.requirements" -}}
 {{- with .instanceFamilies }}
@@ -112,8 +120,8 @@ Usage: {{ include "karpenter-nodepools.nodePool.requirements" $pool | nindent 8 
 {{- end -}}
 
 {{/*
-The disruption budgets of a NodePool: the budgets map as a list, sorted by name.
 Usage: {{ include "karpenter-nodepools.nodePool.budgets" $pool.disruption.budgets | nindent 6 }}
+The disruption budgets of a NodePool: the budgets map as a list, sorted by name.
 */}}
 {{- define "karpenter-nodepools.nodePool.budgets" -}}
 {{- range $name, $budget := . }}
@@ -131,8 +139,8 @@ Usage: {{ include "karpenter-nodepools.nodePool.budgets" $pool.disruption.budget
 {{- end -}}
 
 {{/*
-The default selector terms of a node class: resources tagged karpenter.sh/discovery=<clusterName>.
 Usage: {{ include "karpenter-nodepools.nodeClass.discoveryTerms" $ | nindent 4 }}
+The default selector terms of a node class: resources tagged karpenter.sh/discovery=<clusterName>.
 */}}
 {{- define "karpenter-nodepools.nodeClass.discoveryTerms" -}}
 - tags:
@@ -140,10 +148,10 @@ Usage: {{ include "karpenter-nodepools.nodeClass.discoveryTerms" $ | nindent 4 }
 {{- end -}}
 
 {{/*
+Usage: {{ include "karpenter-nodepools.nodeClass.blockDevices" $class | nindent 4 }}
 Block devices of a node class, by AMI family: AL2023 boots from /dev/xvda and keeps images there;
 Bottlerocket has a small OS volume (/dev/xvda) and a data volume (/dev/xvdb) for images and caches.
 The sized volume is marked rootVolume, which Karpenter uses for ephemeral-storage.
-Usage: {{ include "karpenter-nodepools.nodeClass.blockDevices" $class | nindent 4 }}
 */}}
 {{- define "karpenter-nodepools.nodeClass.blockDevices" -}}
 {{- if eq .amiFamily "bottlerocket" }}

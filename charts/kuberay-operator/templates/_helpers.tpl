@@ -3,23 +3,23 @@ Helpers of the kuberay-operator chart. Names and labels are computed here and no
 */}}
 
 {{/*
+Usage: {{ include "kuberay-operator.name" . }}
 The chart name (nameOverride wins), at most 63 characters.
-Usage: {{ include "kuberay-operator.chart.name" . }}
 */}}
-{{- define "kuberay-operator.chart.name" -}}
+{{- define "kuberay-operator.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/*
+Usage: {{ include "kuberay-operator.fullname" . }}
 The full name prefix of every object: fullnameOverride, else the release name when it already
 contains the chart name, else "<release>-<chart>"; truncated to 63 characters, no trailing "-".
-Usage: {{ include "kuberay-operator.chart.fullname" . }}
 */}}
-{{- define "kuberay-operator.chart.fullname" -}}
+{{- define "kuberay-operator.fullname" -}}
 {{- if .Values.fullnameOverride -}}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- $name := include "kuberay-operator.chart.name" . -}}
+{{- $name := include "kuberay-operator.name" . -}}
 {{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
@@ -29,13 +29,30 @@ Usage: {{ include "kuberay-operator.chart.fullname" . }}
 {{- end -}}
 
 {{/*
-Labels every object carries: the recommended app.kubernetes.io set plus commonLabels.
-Usage: {{ include "kuberay-operator.chart.labels" . }}
+Usage: {{ include "kuberay-operator.chart" . }}
+The helm.sh/chart label value: "<chart>-<version>".
 */}}
-{{- define "kuberay-operator.chart.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
-app.kubernetes.io/name: {{ include "kuberay-operator.chart.name" . }}
+{{- define "kuberay-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "kuberay-operator.selectorLabels" . }}
+Immutable subset of the labels; never takes user labels. Each component adds its own
+app.kubernetes.io/component (kuberay-operator.operator.selectorLabels, kuberay-operator.metrics.selectorLabels).
+*/}}
+{{- define "kuberay-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kuberay-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/*
+Usage: {{ include "kuberay-operator.labels" . }}
+Labels every object carries: the recommended app.kubernetes.io set plus commonLabels.
+*/}}
+{{- define "kuberay-operator.labels" -}}
+helm.sh/chart: {{ include "kuberay-operator.chart" . }}
+{{ include "kuberay-operator.selectorLabels" . }}
 app.kubernetes.io/version: {{ include "kuberay-operator.operator.version" . | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: kuberay
@@ -45,9 +62,9 @@ app.kubernetes.io/part-of: kuberay
 {{- end -}}
 
 {{/*
+Usage: {{ if include "kuberay-operator.capabilities.has" (dict "ctx" $ "api" "monitoring.coreos.com/v1") }}
 Whether an API group/version is served: what Helm discovered, or listed in assumeApiVersions (for
 offline rendering). Prints "true" or nothing.
-Usage: {{ if include "kuberay-operator.capabilities.has" (dict "ctx" $ "api" "monitoring.coreos.com/v1") }}
 */}}
 {{- define "kuberay-operator.capabilities.has" -}}
 {{- if or (.ctx.Capabilities.APIVersions.Has .api) (has .api .ctx.Values.assumeApiVersions) -}}
@@ -56,67 +73,66 @@ true
 {{- end -}}
 
 {{/*
+Usage: {{ include "kuberay-operator.operator.version" . }}
 The KubeRay release the chart runs: image.tag, else the chart's appVersion. The image tag and the CRD
 download URL both come from here, so they cannot disagree.
-Usage: {{ include "kuberay-operator.operator.version" . }}
 */}}
 {{- define "kuberay-operator.operator.version" -}}
 {{- default .Chart.AppVersion .Values.image.tag -}}
 {{- end -}}
 
 {{/*
-Selector labels of the operator pods: immutable, never user labels.
 Usage: {{ include "kuberay-operator.operator.selectorLabels" . }}
+Selector labels of the operator pods: immutable, never user labels.
 */}}
 {{- define "kuberay-operator.operator.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "kuberay-operator.chart.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+{{ include "kuberay-operator.selectorLabels" . }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
 {{/*
-Labels of the operator's objects.
 Usage: {{ include "kuberay-operator.operator.labels" . }}
+Labels of the operator's objects.
 */}}
 {{- define "kuberay-operator.operator.labels" -}}
-{{ include "kuberay-operator.chart.labels" . }}
+{{ include "kuberay-operator.labels" . }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
 {{/*
-Name of the operator's ServiceAccount.
 Usage: {{ include "kuberay-operator.operator.serviceAccountName" . }}
+Name of the operator's ServiceAccount.
 */}}
 {{- define "kuberay-operator.operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
-{{- default (include "kuberay-operator.chart.fullname" .) .Values.serviceAccount.name -}}
+{{- default (include "kuberay-operator.fullname" .) .Values.serviceAccount.name -}}
 {{- else -}}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
 
 {{/*
+Usage: {{ include "kuberay-operator.operator.clusterRoleName" . }}
 Name of the operator's ClusterRole and ClusterRoleBinding. Cluster-scoped, so it carries the release
 namespace: two releases of the same name in two namespaces do not collide.
-Usage: {{ include "kuberay-operator.operator.clusterRoleName" . }}
 */}}
 {{- define "kuberay-operator.operator.clusterRoleName" -}}
-{{- printf "%s-%s" .Release.Namespace (include "kuberay-operator.chart.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Namespace (include "kuberay-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/*
-Name of the leader-election Role and RoleBinding.
 Usage: {{ include "kuberay-operator.operator.leaderElectionName" . }}
+Name of the leader-election Role and RoleBinding.
 */}}
 {{- define "kuberay-operator.operator.leaderElectionName" -}}
-{{- printf "%s-leader-election" (include "kuberay-operator.chart.fullname" . | trunc 47 | trimSuffix "-") -}}
+{{- printf "%s-leader-election" (include "kuberay-operator.fullname" . | trunc 47 | trimSuffix "-") -}}
 {{- end -}}
 
 {{/*
+Usage: {{ include "kuberay-operator.imageRef" (dict "image" .Values.crds.kubectl "tag" "v1.34.5") }}
 An image reference "registry/repository:tag", with "@digest" when a digest is set.
-Usage: {{ include "kuberay-operator.chart.image" (dict "image" .Values.crds.kubectl "tag" "v1.34.5") }}
 */}}
-{{- define "kuberay-operator.chart.image" -}}
+{{- define "kuberay-operator.imageRef" -}}
 {{- $ref := printf "%s/%s:%s" .image.registry .image.repository .tag -}}
 {{- if .image.digest -}}
 {{- $ref = printf "%s@%s" $ref .image.digest -}}
@@ -125,16 +141,16 @@ Usage: {{ include "kuberay-operator.chart.image" (dict "image" .Values.crds.kube
 {{- end -}}
 
 {{/*
-The operator image.
 Usage: {{ include "kuberay-operator.operator.image" . }}
+The operator image.
 */}}
 {{- define "kuberay-operator.operator.image" -}}
-{{- include "kuberay-operator.chart.image" (dict "image" .Values.image "tag" (include "kuberay-operator.operator.version" .)) -}}
+{{- include "kuberay-operator.imageRef" (dict "image" .Values.image "tag" (include "kuberay-operator.operator.version" .)) -}}
 {{- end -}}
 
 {{/*
-The --feature-gates value: "Name=true,Other=false", sorted by name.
 Usage: {{ include "kuberay-operator.operator.featureGates" . }}
+The --feature-gates value: "Name=true,Other=false", sorted by name.
 */}}
 {{- define "kuberay-operator.operator.featureGates" -}}
 {{- $gates := list -}}
@@ -145,8 +161,8 @@ Usage: {{ include "kuberay-operator.operator.featureGates" . }}
 {{- end -}}
 
 {{/*
-The operator's command-line arguments, one list item per flag.
 Usage: {{ include "kuberay-operator.operator.args" . | nindent 12 }}
+The operator's command-line arguments, one list item per flag.
 */}}
 {{- define "kuberay-operator.operator.args" -}}
 - --metrics-addr={{ ternary ":8080" "0" .Values.metrics.enabled }}
@@ -174,9 +190,9 @@ Usage: {{ include "kuberay-operator.operator.args" . | nindent 12 }}
 {{- end -}}
 
 {{/*
+Usage: {{ include "kuberay-operator.operator.rules" . | nindent 2 }}
 The RBAC rules the operator needs (ray-operator/config/rbac/role.yaml at the pinned release), plus
 the batch-scheduler and KubernetesWAS rules when those are on. Rendered into a ClusterRole or Roles.
-Usage: {{ include "kuberay-operator.operator.rules" . | nindent 2 }}
 */}}
 {{- define "kuberay-operator.operator.rules" -}}
 - apiGroups: [""]
@@ -269,77 +285,76 @@ Usage: {{ include "kuberay-operator.operator.rules" . | nindent 2 }}
 {{- end -}}
 
 {{/*
-Labels of the metrics Service (the ServiceMonitor selects on the selector part).
 Usage: {{ include "kuberay-operator.metrics.labels" . }}
+Labels of the metrics Service (the ServiceMonitor selects on the selector part).
 */}}
 {{- define "kuberay-operator.metrics.labels" -}}
-{{ include "kuberay-operator.chart.labels" . }}
+{{ include "kuberay-operator.labels" . }}
 app.kubernetes.io/component: metrics
 {{- end -}}
 
 {{/*
-Selector labels of the metrics Service, for the ServiceMonitor.
 Usage: {{ include "kuberay-operator.metrics.selectorLabels" . }}
+Selector labels of the metrics Service, for the ServiceMonitor.
 */}}
 {{- define "kuberay-operator.metrics.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "kuberay-operator.chart.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+{{ include "kuberay-operator.selectorLabels" . }}
 app.kubernetes.io/component: metrics
 {{- end -}}
 
 {{/*
-Name of the metrics Service and ServiceMonitor.
 Usage: {{ include "kuberay-operator.metrics.name" . }}
+Name of the metrics Service and ServiceMonitor.
 */}}
 {{- define "kuberay-operator.metrics.name" -}}
-{{- printf "%s-metrics" (include "kuberay-operator.chart.fullname" . | trunc 55 | trimSuffix "-") -}}
+{{- printf "%s-metrics" (include "kuberay-operator.fullname" . | trunc 55 | trimSuffix "-") -}}
 {{- end -}}
 
 {{/*
+Usage: {{ include "kuberay-operator.crds.name" . }}
 Name of the CRD hook objects (Job, ServiceAccount, ClusterRole, ClusterRoleBinding). The ClusterRole
 and its binding are cluster-scoped, so the name carries the release namespace to stay unique.
-Usage: {{ include "kuberay-operator.crds.name" . }}
 */}}
 {{- define "kuberay-operator.crds.name" -}}
-{{- printf "%s-crds" (include "kuberay-operator.chart.fullname" . | trunc 58 | trimSuffix "-") -}}
+{{- printf "%s-crds" (include "kuberay-operator.fullname" . | trunc 58 | trimSuffix "-") -}}
 {{- end -}}
 
 {{/*
-Name of the cluster-scoped CRD hook ClusterRole and ClusterRoleBinding: unique per release namespace.
 Usage: {{ include "kuberay-operator.crds.clusterName" . }}
+Name of the cluster-scoped CRD hook ClusterRole and ClusterRoleBinding: unique per release namespace.
 */}}
 {{- define "kuberay-operator.crds.clusterName" -}}
-{{- printf "%s-%s-crds" .Release.Namespace (include "kuberay-operator.chart.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s-crds" .Release.Namespace (include "kuberay-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/*
-Labels of the CRD hook objects.
 Usage: {{ include "kuberay-operator.crds.labels" . }}
+Labels of the CRD hook objects.
 */}}
 {{- define "kuberay-operator.crds.labels" -}}
-{{ include "kuberay-operator.chart.labels" . }}
+{{ include "kuberay-operator.labels" . }}
 app.kubernetes.io/component: crds
 {{- end -}}
 
 {{/*
-The ray.io CRDs of the pinned KubeRay release (resource plurals), all served as ray.io/v1.
 Usage: {{ range include "kuberay-operator.crds.plurals" . | fromJsonArray }}
+The ray.io CRDs of the pinned KubeRay release (resource plurals), all served as ray.io/v1.
 */}}
 {{- define "kuberay-operator.crds.plurals" -}}
 {{- list "rayclusters" "rayjobs" "rayservices" "raycronjobs" | toJson -}}
 {{- end -}}
 
 {{/*
-The API version the operator reads and writes; the Job checks that every CRD serves and stores it.
 Usage: {{ include "kuberay-operator.crds.apiVersion" . }}
+The API version the operator reads and writes; the Job checks that every CRD serves and stores it.
 */}}
 {{- define "kuberay-operator.crds.apiVersion" -}}
 v1
 {{- end -}}
 
 {{/*
-The CRD object names ("rayclusters.ray.io", ...), as a JSON list.
 Usage: {{ range include "kuberay-operator.crds.names" . | fromJsonArray }}
+The CRD object names ("rayclusters.ray.io", ...), as a JSON list.
 */}}
 {{- define "kuberay-operator.crds.names" -}}
 {{- $names := list -}}
@@ -350,8 +365,8 @@ Usage: {{ range include "kuberay-operator.crds.names" . | fromJsonArray }}
 {{- end -}}
 
 {{/*
-The CRD download URLs: <baseUrl>/<operator version>/ray-operator/config/crd/bases/ray.io_<plural>.yaml.
 Usage: {{ range include "kuberay-operator.crds.urls" . | fromJsonArray }}
+The CRD download URLs: <baseUrl>/<operator version>/ray-operator/config/crd/bases/ray.io_<plural>.yaml.
 */}}
 {{- define "kuberay-operator.crds.urls" -}}
 {{- $base := trimSuffix "/" .Values.crds.baseUrl -}}
@@ -364,9 +379,9 @@ Usage: {{ range include "kuberay-operator.crds.urls" . | fromJsonArray }}
 {{- end -}}
 
 {{/*
+Usage: {{ include "kuberay-operator.crds.hookAnnotations" (dict "weight" "-10") | nindent 4 }}
 Hook annotations of the CRD objects: run before install and upgrade, in weight order, replaced on the
 next run and deleted once every hook succeeded (a failed Job stays for its logs).
-Usage: {{ include "kuberay-operator.crds.hookAnnotations" (dict "weight" "-10") | nindent 4 }}
 */}}
 {{- define "kuberay-operator.crds.hookAnnotations" -}}
 helm.sh/hook: pre-install,pre-upgrade
@@ -375,17 +390,17 @@ helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
 {{- end -}}
 
 {{/*
-The kubectl image of the CRD hook Job.
 Usage: {{ include "kuberay-operator.crds.kubectlImage" . }}
+The kubectl image of the CRD hook Job.
 */}}
 {{- define "kuberay-operator.crds.kubectlImage" -}}
-{{- include "kuberay-operator.chart.image" (dict "image" .Values.crds.kubectl "tag" .Values.crds.kubectl.tag) -}}
+{{- include "kuberay-operator.imageRef" (dict "image" .Values.crds.kubectl "tag" .Values.crds.kubectl.tag) -}}
 {{- end -}}
 
 {{/*
+Usage: {{ include "kuberay-operator.crds.containerCommon" . | nindent 10 }}
 What every container of the CRD hook Job shares: env (HOME on the writable /tmp, where kubectl keeps
 its discovery cache), mounts, resources and a locked-down security context.
-Usage: {{ include "kuberay-operator.crds.containerCommon" . | nindent 10 }}
 */}}
 {{- define "kuberay-operator.crds.containerCommon" -}}
 env:

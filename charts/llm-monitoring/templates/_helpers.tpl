@@ -3,23 +3,23 @@ Helpers of the llm-monitoring chart. Names and labels are computed here and nowh
 */}}
 
 {{/*
+Usage: {{ include "llm-monitoring.name" . }}
 The chart name (nameOverride wins), at most 63 characters.
-Usage: {{ include "llm-monitoring.chart.name" . }}
 */}}
-{{- define "llm-monitoring.chart.name" -}}
+{{- define "llm-monitoring.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/*
+Usage: {{ include "llm-monitoring.fullname" . }}
 The full name prefix of every object: fullnameOverride, else the release name when it already
 contains the chart name, else "<release>-<chart>"; truncated to 63 characters, no trailing "-".
-Usage: {{ include "llm-monitoring.chart.fullname" . }}
 */}}
-{{- define "llm-monitoring.chart.fullname" -}}
+{{- define "llm-monitoring.fullname" -}}
 {{- if .Values.fullnameOverride -}}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- $name := include "llm-monitoring.chart.name" . -}}
+{{- $name := include "llm-monitoring.name" . -}}
 {{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
@@ -29,38 +29,55 @@ Usage: {{ include "llm-monitoring.chart.fullname" . }}
 {{- end -}}
 
 {{/*
-Labels every object carries: the recommended app.kubernetes.io set plus commonLabels.
-Usage: {{ include "llm-monitoring.chart.labels" (dict "ctx" $ "component" "rules") }}
+Usage: {{ include "llm-monitoring.chart" . }}
+The helm.sh/chart label value: "<chart>-<version>".
 */}}
-{{- define "llm-monitoring.chart.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
-app.kubernetes.io/name: {{ include "llm-monitoring.chart.name" .ctx }}
-app.kubernetes.io/instance: {{ .ctx.Release.Name }}
-app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- define "llm-monitoring.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "llm-monitoring.labels" . }}
+Labels every object carries: the recommended app.kubernetes.io set plus commonLabels. No
+selectorLabels: the chart renders no workload or Service to select.
+*/}}
+{{- define "llm-monitoring.labels" -}}
+helm.sh/chart: {{ include "llm-monitoring.chart" . }}
+app.kubernetes.io/name: {{ include "llm-monitoring.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: llm-serving
-app.kubernetes.io/component: {{ .component }}
-{{- with .ctx.Values.commonLabels }}
+{{- with .Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
 
 {{/*
-Labels of the objects the Prometheus Operator selects (PodMonitors, PrometheusRule): the chart labels
-plus prometheus.selectorLabels (e.g. `release: kube-prometheus-stack`).
+Usage: {{ include "llm-monitoring.component.labels" (dict "ctx" $ "component" "dashboards") }}
+The chart labels plus app.kubernetes.io/component: every object of this chart is one component.
+*/}}
+{{- define "llm-monitoring.component.labels" -}}
+{{ include "llm-monitoring.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/*
 Usage: {{ include "llm-monitoring.prometheus.labels" (dict "ctx" $ "component" "ray-head") }}
+Labels of the objects the Prometheus Operator selects (PodMonitors, PrometheusRule): the component
+labels plus prometheus.selectorLabels (e.g. `release: kube-prometheus-stack`).
 */}}
 {{- define "llm-monitoring.prometheus.labels" -}}
-{{ include "llm-monitoring.chart.labels" . }}
+{{ include "llm-monitoring.component.labels" . }}
 {{- with .ctx.Values.prometheus.selectorLabels }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
 
 {{/*
+Usage: {{ if include "llm-monitoring.capabilities.has" (dict "ctx" $ "api" "monitoring.coreos.com/v1") }}
 Whether an API group/version is served: what Helm discovered, or listed in assumeApiVersions (for
 offline rendering). Prints "true" or nothing.
-Usage: {{ if include "llm-monitoring.capabilities.has" (dict "ctx" $ "api" "monitoring.coreos.com/v1") }}
 */}}
 {{- define "llm-monitoring.capabilities.has" -}}
 {{- if or (.ctx.Capabilities.APIVersions.Has .api) (has .api .ctx.Values.assumeApiVersions) -}}
@@ -69,19 +86,19 @@ true
 {{- end -}}
 
 {{/*
-Name of the PodMonitor of one Ray node type ("head" or "worker").
 Usage: {{ include "llm-monitoring.podMonitor.name" (dict "ctx" $ "nodeType" "head") }}
+Name of the PodMonitor of one Ray node type ("head" or "worker").
 */}}
 {{- define "llm-monitoring.podMonitor.name" -}}
-{{- printf "%s-ray-%s" (include "llm-monitoring.chart.fullname" .ctx | trunc 52 | trimSuffix "-") .nodeType -}}
+{{- printf "%s-ray-%s" (include "llm-monitoring.fullname" .ctx | trunc 52 | trimSuffix "-") .nodeType -}}
 {{- end -}}
 
 {{/*
+Usage: {{ include "llm-monitoring.podMonitor" (dict "ctx" $ "nodeType" "worker") }}
 The PodMonitor of one Ray node type. KubeRay labels every Ray pod with `ray.io/node-type` (head or
 worker) and `ray.io/cluster`, and gives its Ray container the port `metrics` (8080), where Ray's
 metrics agent exports every metric of the processes on that pod. The relabelling copies
 `ray.io/cluster` to `ray_io_cluster` (KubeRay's and Ray's dashboards filter on it).
-Usage: {{ include "llm-monitoring.podMonitor" (dict "ctx" $ "nodeType" "worker") }}
 */}}
 {{- define "llm-monitoring.podMonitor" -}}
 {{- $values := .ctx.Values.podMonitors -}}
@@ -130,16 +147,16 @@ spec:
 {{- end -}}
 
 {{/*
-Name of the PrometheusRule.
 Usage: {{ include "llm-monitoring.rules.name" . }}
+Name of the PrometheusRule.
 */}}
 {{- define "llm-monitoring.rules.name" -}}
-{{- include "llm-monitoring.chart.fullname" . -}}
+{{- include "llm-monitoring.fullname" . -}}
 {{- end -}}
 
 {{/*
-The label matchers of DCGM exporter series, "{...}" from prometheusRule.dcgmSelector, or nothing.
 Usage: DCGM_FI_DEV_GPU_UTIL{{ include "llm-monitoring.rules.dcgmSelector" . }}
+The label matchers of DCGM exporter series, "{...}" from prometheusRule.dcgmSelector, or nothing.
 */}}
 {{- define "llm-monitoring.rules.dcgmSelector" -}}
 {{- with .Values.prometheusRule.dcgmSelector -}}
@@ -148,9 +165,9 @@ Usage: DCGM_FI_DEV_GPU_UTIL{{ include "llm-monitoring.rules.dcgmSelector" . }}
 {{- end -}}
 
 {{/*
+Usage: {{ include "llm-monitoring.rules.recordingRules" . | nindent 8 }}
 Recording rules the alerts build on. Every one keeps `namespace` and `ray_io_cluster` (target labels of
 the PodMonitors) so that two Ray clusters never mix. Names follow level:metric:operation.
-Usage: {{ include "llm-monitoring.rules.recordingRules" . | nindent 8 }}
 */}}
 {{- define "llm-monitoring.rules.recordingRules" -}}
 # Gateway responses per second by model and status code.
@@ -196,10 +213,10 @@ Usage: {{ include "llm-monitoring.rules.recordingRules" . | nindent 8 }}
 {{- end -}}
 
 {{/*
+Usage: {{ $catalog := include "llm-monitoring.rules.alertCatalog" . | fromYaml }}
 Every alert the chart knows, keyed by name: expr (with the threshold of prometheusRule.alerts.<name>),
 summary and description. Prometheus templates ({{ $labels.x }}, {{ $value }}) are kept verbatim.
 prometheusrule.yaml adds for, severity, alertLabels and runbook_url from values.
-Usage: {{ $catalog := include "llm-monitoring.rules.alertCatalog" . | fromYaml }}
 */}}
 {{- define "llm-monitoring.rules.alertCatalog" -}}
 {{- $alerts := .Values.prometheusRule.alerts -}}
@@ -302,20 +319,20 @@ LLMServingRayServiceNotReady:
 {{- end -}}
 
 {{/*
+Usage: {{ include "llm-monitoring.dashboards.name" (dict "ctx" $ "dashboard" "llm-overview") }}
 Name of the ConfigMap of one dashboard (its file name under dashboards/ without ".json"); the
 prefix is cut so that the dashboard name always survives the 63-character limit.
-Usage: {{ include "llm-monitoring.dashboards.name" (dict "ctx" $ "dashboard" "llm-overview") }}
 */}}
 {{- define "llm-monitoring.dashboards.name" -}}
-{{- $prefix := include "llm-monitoring.chart.fullname" .ctx | trunc (int (sub 62 (len .dashboard))) | trimSuffix "-" -}}
+{{- $prefix := include "llm-monitoring.fullname" .ctx | trunc (int (sub 62 (len .dashboard))) | trimSuffix "-" -}}
 {{- printf "%s-%s" $prefix .dashboard -}}
 {{- end -}}
 
 {{/*
+Usage: {{ include "llm-monitoring.durationSeconds" .Values.podMonitors.interval | float64 }}
 A Prometheus duration ("30s", "1m30s", "500ms") in seconds, as a float.
-Usage: {{ include "llm-monitoring.chart.durationSeconds" .Values.podMonitors.interval | float64 }}
 */}}
-{{- define "llm-monitoring.chart.durationSeconds" -}}
+{{- define "llm-monitoring.durationSeconds" -}}
 {{- $seconds := dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 "d" 86400.0 "w" 604800.0 "y" 31536000.0 -}}
 {{- $total := 0.0 -}}
 {{- range regexFindAll "[0-9]+(ms|[smhdwy])" . -1 -}}
