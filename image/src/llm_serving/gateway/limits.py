@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Tuple
 
 from llm_serving.traffic_config import LimitConfig, LimitsConfig
 
@@ -64,10 +64,25 @@ def tokens_refused(used: int, reserve: int, budget: int) -> bool:
     return used >= budget or (used > 0 and used + reserve > budget)
 
 
+class Limiter(Protocol):
+    """What the gateway asks of a limit store (InProcessLimiter, RedisLimiter)."""
+
+    async def admit(self, key: str, limit: LimitConfig, reserve: int) -> Tuple[Optional[Admission], Optional[Refusal]]:
+        """Count a request of `key` reserving `reserve` tokens: an Admission to settle later, or
+        why it is refused."""
+        ...
+
+    async def settle(self, admission: Admission, used_tokens: Optional[int]) -> None:
+        """Release the admission's concurrency slot and swap its reservation for `used_tokens`."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class InProcessLimiter:
     """Counters in this replica's memory (one event loop: no locks needed between awaits)."""
 
-    def __init__(self, config: LimitsConfig, clock=time.time):
+    def __init__(self, config: LimitsConfig, clock: Callable[[], float] = time.time):
         self.window_s = config.window_seconds
         self._clock = clock
         self._requests: Dict[Tuple[str, int], int] = {}
@@ -129,7 +144,7 @@ _REFUSED_LIMIT = {1: "requests", 2: "tokens", 3: "concurrent"}
 class RedisLimiter:
     """Counters in one Redis shared by every gateway replica."""
 
-    def __init__(self, config: LimitsConfig, url: str, clock=time.time):
+    def __init__(self, config: LimitsConfig, url: str, clock: Callable[[], float] = time.time):
         import redis.asyncio as redis
 
         self.window_s = config.window_seconds
@@ -151,8 +166,14 @@ class RedisLimiter:
         try:
             verdict = await self._admit(
                 keys=self._names(key, window),
-                args=[limit.requests or 0, limit.tokens or 0, limit.concurrent or 0, reserve,
-                      2 * self.window_s, CONCURRENCY_TTL_S],
+                args=[
+                    limit.requests or 0,
+                    limit.tokens or 0,
+                    limit.concurrent or 0,
+                    reserve,
+                    2 * self.window_s,
+                    CONCURRENCY_TTL_S,
+                ],
             )
         except Exception as error:  # Redis down: admit, uncounted, rather than refuse everyone
             self._warn(error)
@@ -199,7 +220,7 @@ def limits_for(config: LimitsConfig, key: str) -> Optional[LimitConfig]:
     return limit
 
 
-def build_limiter(config: LimitsConfig, environ: Optional[Dict[str, str]] = None):
+def build_limiter(config: LimitsConfig, environ: Optional[Mapping[str, str]] = None) -> Limiter:
     """The limiter the config asks for; raises ValueError naming the missing environment variable."""
     import os
 
@@ -217,7 +238,7 @@ def build_limiter(config: LimitsConfig, environ: Optional[Dict[str, str]] = None
     return InProcessLimiter(config)
 
 
-def reserved_tokens(payload: Dict) -> int:
+def reserved_tokens(payload: Mapping[str, Any]) -> int:
     """Tokens a request reserves at admission: what it may generate, when it says."""
     for field in ("max_completion_tokens", "max_tokens"):
         value = payload.get(field)
@@ -226,7 +247,7 @@ def reserved_tokens(payload: Dict) -> int:
     return 0
 
 
-async def close_quietly(limiter) -> None:
+async def close_quietly(limiter: Limiter) -> None:
     try:
         await asyncio.wait_for(limiter.close(), timeout=2)
     except Exception:
