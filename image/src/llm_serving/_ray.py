@@ -16,7 +16,7 @@ which must set Ray's environment before Ray is imported, imports Ray no earlier 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 _LLM = "ray.llm._internal.serve"
 
@@ -24,59 +24,73 @@ _LLM = "ray.llm._internal.serve"
 # why no public name does). One line each; the same words are in the error a missing name raises.
 PRIVATE_NAMES: Dict[str, Tuple[str, Optional[str], str]] = {
     "to_model_metadata": (
-        f"{_LLM}.core.configs.openai_api_models", "to_model_metadata",
+        f"{_LLM}.core.configs.openai_api_models",
+        "to_model_metadata",
         "the model cards OpenAiIngress takes (Ray's own OpenAiIngress docs import it from here too)",
     ),
     "build_direct_streaming_llm_deployment": (
-        f"{_LLM}.core.ingress.builder", "_build_direct_streaming_llm_deployment",
+        f"{_LLM}.core.ingress.builder",
+        "_build_direct_streaming_llm_deployment",
         "the engine replica as the ingress with our bind_kwargs and user_config; build_openai_app takes neither",
     ),
     "build_openai_ingress_request_router": (
-        f"{_LLM}.core.ingress.builder", "_build_openai_ingress_request_router",
+        f"{_LLM}.core.ingress.builder",
+        "_build_openai_ingress_request_router",
         "the request router peer of a direct-streaming engine, as build_openai_app builds it",
     ),
     "RAY_SERVE_ENABLE_HA_PROXY": (
-        "ray.serve._private.constants", "RAY_SERVE_ENABLE_HA_PROXY",
+        "ray.serve._private.constants",
+        "RAY_SERVE_ENABLE_HA_PROXY",
         "whether Serve runs HAProxy, as Ray read it at import; no public getter",
     ),
     "SetRequestIdMiddleware": (
-        f"{_LLM}.core.ingress.middleware", "SetRequestIdMiddleware",
+        f"{_LLM}.core.ingress.middleware",
+        "SetRequestIdMiddleware",
         "Ray's ingress app rebuilt without its allow-all CORS; no public way to drop that one middleware",
     ),
     "add_exception_handling_middleware": (
-        f"{_LLM}.core.ingress.middleware", "add_exception_handling_middleware",
+        f"{_LLM}.core.ingress.middleware",
+        "add_exception_handling_middleware",
         "Ray's ingress app rebuilt without its allow-all CORS (its OpenAI-style error bodies)",
     ),
     "add_http_metrics_middleware": (
-        f"{_LLM}.observability.metrics.fast_api_metrics", "add_http_metrics_middleware",
+        f"{_LLM}.observability.metrics.fast_api_metrics",
+        "add_http_metrics_middleware",
         "Ray's ingress app rebuilt without its allow-all CORS (its HTTP metrics)",
     ),
     "metrics_lifespan": (
-        f"{_LLM}.observability.metrics.fast_api_metrics", "metrics_lifespan",
+        f"{_LLM}.observability.metrics.fast_api_metrics",
+        "metrics_lifespan",
         "Ray's ingress app rebuilt without its allow-all CORS (its metrics lifespan)",
     ),
     "EmbeddingCompletionRequest": (
-        f"{_LLM}.core.configs.openai_api_models", "EmbeddingCompletionRequest",
+        f"{_LLM}.core.configs.openai_api_models",
+        "EmbeddingCompletionRequest",
         "RAG embeds through the engine handle; the public EmbeddingRequest is a Union, not constructible",
     ),
     "ErrorResponse": (
-        f"{_LLM}.core.configs.openai_api_models", "ErrorResponse",
+        f"{_LLM}.core.configs.openai_api_models",
+        "ErrorResponse",
         "isinstance on what the engine returns; the public ErrorResponse is a subclass the engine never makes",
     ),
     "AcceleratorType": (
-        f"{_LLM}.core.configs.accelerators", "AcceleratorType",
+        f"{_LLM}.core.configs.accelerators",
+        "AcceleratorType",
         "the source of config.ACCELERATOR_TYPES, a copy so config needs no Ray; a unit test compares them",
     ),
     "serve_controller_client": (
-        "ray.serve.context", "_get_global_client",
+        "ray.serve.context",
+        "_get_global_client",
         "declarative deploys (deploy_apps) as the REST API and KubeRay do; public serve.run is imperative",
     ),
     "serve_replica": (
-        "ray.serve._private.replica", None,
+        "ray.serve._private.replica",
+        None,
         "local_binding patches its add_port_to_grpc_server, which hard-codes `[::]:0`; no setting for it",
     ),
     "HAPROXY_CONFIG_TEMPLATE": (
-        "ray.serve._private.haproxy_templates", "HAPROXY_CONFIG_TEMPLATE",
+        "ray.serve._private.haproxy_templates",
+        "HAPROXY_CONFIG_TEMPLATE",
         "the HAProxy config whose wildcard listeners local_binding rewrites; a unit test reads it",
     ),
 }
@@ -110,7 +124,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def __dir__() -> list:
+def __dir__() -> List[str]:
     return sorted(set(globals()) | set(PRIVATE_NAMES))
 
 

@@ -29,7 +29,7 @@ import shlex
 import stat
 import sys
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 RAY_LOOPBACK_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 SETUP_HOOK = "llm_serving.local_binding.bind_serve_replicas_to_loopback"
@@ -48,7 +48,7 @@ def bind_serve_replicas_to_loopback() -> None:
 
     bind_any_interface = replica.add_port_to_grpc_server
 
-    def bind_loopback(server, address: str):
+    def bind_loopback(server: Any, address: str) -> int:  # a gRPC server; returns the port it bound
         return bind_any_interface(server, address.replace("[::]", "127.0.0.1"))
 
     replica.add_port_to_grpc_server = bind_loopback
@@ -75,10 +75,8 @@ def write_launcher(directory: Path, host: str, real_haproxy: str) -> Path:
     """An executable for RAY_SERVE_HAPROXY_BINARY_PATH that runs this module with `host`."""
     directory.mkdir(parents=True, exist_ok=True)
     launcher = directory / "haproxy"
-    launcher.write_text(
-        "#!/bin/sh\n"
-        f"exec {shlex.join([sys.executable, '-m', 'llm_serving.local_binding', host, real_haproxy])} \"$@\"\n"
-    )
+    command = shlex.join([sys.executable, "-m", "llm_serving.local_binding", host, real_haproxy])
+    launcher.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
     launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return launcher
 

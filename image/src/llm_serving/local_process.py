@@ -20,7 +20,8 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Set, TextIO
+from types import FrameType
+from typing import Any, Callable, List, Optional, Set, TextIO
 
 import psutil
 
@@ -32,11 +33,11 @@ CHILD_STOP_GRACE_S = 8.0
 # nothing is lost by killing them (the resource trackers still unlink their shared memory).
 SWEEP_GRACE_S = 2.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# What signal.signal installs: called with the signal number and the interrupted frame.
+SignalHandler = Callable[[int, Optional[FrameType]], Any]
 
 
-def run_supervised(
-    child: Callable[[], int], console: Callable[[str], None], log_path: Optional[Path] = None
-) -> int:
+def run_supervised(child: Callable[[], int], console: Callable[[str], None], log_path: Optional[Path] = None) -> int:
     """Run `child()` in a forked process and return its exit code once it and every process it
     started are gone. SIGINT and SIGTERM are passed on to the child (once), SIGHUP too. Which
     processes had to be killed is written to `log_path` (else to the console)."""
@@ -88,7 +89,7 @@ class _Supervisor:
             self.console(f"llm-serving: stopped in {time.monotonic() - self.stop_requested_at:.1f} s")
         return self.child_code
 
-    def _on_stop_signal(self, signum, frame) -> None:
+    def _on_stop_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         if self.stop_requested_at is None:
             self.stop_requested_at = time.monotonic()
             # Sent to the whole group, the child has it already; a second one would interrupt its
@@ -97,7 +98,7 @@ class _Supervisor:
         else:
             self.hurry = True
 
-    def _forward(self, signum, frame) -> None:
+    def _forward(self, signum: int, frame: Optional[FrameType]) -> None:
         _signal_quietly(self.child_pid, signum)
 
     def _reap(self) -> None:
@@ -194,12 +195,12 @@ def _is_resource_tracker(process: psutil.Process) -> bool:
         return False
 
 
-def ignore_repeated_stop_signals(first: Callable[[int, object], None]) -> None:
+def ignore_repeated_stop_signals(first: SignalHandler) -> None:
     """Install `first` for SIGINT and SIGTERM; after it has run once, both are ignored, so a stop
     that began is not interrupted by the same signal arriving again (from the group and from the
     supervisor)."""
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: Optional[FrameType]) -> None:
         for stop_signal in STOP_SIGNALS:
             signal.signal(stop_signal, signal.SIG_IGN)
         first(signum, frame)
@@ -219,11 +220,11 @@ class Console:
         self.out, self.err, self.log_path = out, err, log_path
 
     @classmethod
-    def terminal(cls) -> "Console":
+    def terminal(cls) -> Console:
         return cls(sys.stdout, sys.stderr, None)
 
     @classmethod
-    def with_logs_in(cls, log_path: Path) -> "Console":
+    def with_logs_in(cls, log_path: Path) -> Console:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         sys.stdout.flush()
         sys.stderr.flush()

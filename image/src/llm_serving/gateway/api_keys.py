@@ -37,7 +37,7 @@ class _KeyEntry(BaseModel):
     models: Optional[List[str]] = None
 
     @model_validator(mode="after")
-    def _one_secret(self) -> "_KeyEntry":
+    def _one_secret(self) -> _KeyEntry:
         if (self.key is None) == (self.sha256 is None):
             raise ValueError(f"key {self.name!r} needs exactly one of `key` or `sha256`")
         return self
@@ -76,7 +76,11 @@ def parse_keys_document(text: str, source: str) -> List[ApiKey]:
         raise KeysFileError(f"{source}: {problems} (expected `keys: [{{name, key|sha256, models?}}]`)") from None
     keys = []
     for entry in document.keys:
-        key_digest = digest(entry.key) if entry.key is not None else bytes.fromhex(entry.sha256)
+        if entry.key is not None:
+            key_digest = digest(entry.key)
+        else:
+            assert entry.sha256 is not None  # _one_secret: exactly one of the two
+            key_digest = bytes.fromhex(entry.sha256)
         allowed = frozenset(entry.models) if entry.models is not None else None
         keys.append(ApiKey(name=entry.name, digest=key_digest, allowed_models=allowed))
     names = [k.name for k in keys]
@@ -92,18 +96,21 @@ class ApiKeyStore:
         self._keys = list(keys)
 
     @classmethod
-    def from_config(cls, config: ApiKeysConfig) -> "ApiKeyStore":
+    def from_config(cls, config: ApiKeysConfig) -> ApiKeyStore:
         keys: List[ApiKey] = []
         if config.file:
             path = Path(config.file)
             if not path.is_file():
-                raise KeysFileError(f"keys file {path} does not exist; mount the Secret there or fix auth.api_keys.file")
+                raise KeysFileError(
+                    f"keys file {path} does not exist; mount the Secret there or fix auth.api_keys.file"
+                )
             keys += parse_keys_document(path.read_text(), f"keys file {path}")
         if config.env:
             text = os.environ.get(config.env)
             if text is None:
                 raise KeysFileError(
-                    f"environment variable {config.env} is not set; set it (e.g. from a Secret) or fix auth.api_keys.env"
+                    f"environment variable {config.env} is not set; "
+                    "set it (e.g. from a Secret) or fix auth.api_keys.env"
                 )
             keys += parse_keys_document(text, f"environment variable {config.env}")
         if not keys:

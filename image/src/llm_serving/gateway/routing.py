@@ -26,7 +26,7 @@ class WeightedVariants:
     boundaries: Tuple[float, ...]
 
     @classmethod
-    def from_weights(cls, weights: Mapping[str, float]) -> "WeightedVariants":
+    def from_weights(cls, weights: Mapping[str, float]) -> WeightedVariants:
         total = float(sum(weights.values()))
         if total <= 0:
             raise ValueError("weights must add up to more than 0")
@@ -71,7 +71,7 @@ def caller_identity(
     its source so a header value never collides with a key name."""
     for source in sources:
         if source.startswith("header:"):
-            value = header(source[len("header:"):].lower())
+            value = header(source[len("header:") :].lower())
         elif source == "user":
             value = user if isinstance(user, str) else None
         else:

@@ -7,7 +7,7 @@ refused request leaves the store as it was.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Type, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ray.serve.handle import DeploymentHandle
@@ -65,7 +65,10 @@ class RagChatOptions(_Request):
     top_k: Optional[int] = Field(None, ge=1)
 
 
-def parse_request(model: type, payload: Any) -> Any:
+_RequestT = TypeVar("_RequestT", bound=_Request)
+
+
+def parse_request(model: Type[_RequestT], payload: Any) -> _RequestT:
     """Validate a request body into `model`, or a 400 naming the bad field."""
     try:
         return model.model_validate(payload)
@@ -137,7 +140,8 @@ class RagService:
         if len(self._embedders) == 1:
             return next(iter(self._embedders))
         raise _bad_request(
-            f"Several embedding models are served; set `embedding_model` to one of: {', '.join(sorted(self._embedders))}.",
+            "Several embedding models are served; "
+            f"set `embedding_model` to one of: {', '.join(sorted(self._embedders))}.",
             "missing_embedding_model",
             "embedding_model",
         )
@@ -163,7 +167,9 @@ class RagService:
                 "embedding_dimension_mismatch",
                 "dimension",
             )
-        return await self.store("create_collection", request.name, embedding_model, len(probe), chunk_size, chunk_overlap)
+        return await self.store(
+            "create_collection", request.name, embedding_model, len(probe), chunk_size, chunk_overlap
+        )
 
     def chunk_documents(self, collection: Dict[str, Any], documents: Sequence[DocumentIn]) -> List[List[str]]:
         """Each document's chunks, or a 400 for the first empty or oversized document."""
@@ -178,7 +184,9 @@ class RagService:
         for position, document in enumerate(documents):
             param = f"documents.{position}.text"
             if not document.text.strip():
-                raise _bad_request(f"Document `{document.id}` has no text; send non-empty text.", "empty_document", param)
+                raise _bad_request(
+                    f"Document `{document.id}` has no text; send non-empty text.", "empty_document", param
+                )
             if len(document.text) > self.config.max_document_chars:
                 raise _bad_request(
                     f"Document `{document.id}` has {len(document.text)} characters; the limit is "
@@ -189,14 +197,12 @@ class RagService:
             chunked.append(chunk_text(document.text, collection["chunk_size"], collection["chunk_overlap"]))
         return chunked
 
-    async def add_documents(
-        self, collection: Dict[str, Any], documents: Sequence[DocumentIn]
-    ) -> List[Dict[str, Any]]:
+    async def add_documents(self, collection: Dict[str, Any], documents: Sequence[DocumentIn]) -> List[Dict[str, Any]]:
         chunked = self.chunk_documents(collection, documents)
         texts = [text for chunks in chunked for text in chunks]
         vectors = iter(await self.embed(collection["embedding_model"], texts))
         stored = []
-        for document, chunks in zip(documents, chunked):
+        for document, chunks in zip(documents, chunked, strict=True):  # one list of chunks per document
             rows = [{"text": text, "vector": next(vectors), "metadata": document.metadata} for text in chunks]
             count = await self.store("replace_document", collection["name"], document.id, rows)
             stored.append({"id": document.id, "chunks": count})
@@ -214,7 +220,9 @@ class RagService:
         self, collection: Dict[str, Any], query: Optional[str], vector: Optional[List[float]], top_k: int
     ) -> List[Dict[str, Any]]:
         if (query is None) == (vector is None):
-            raise _bad_request("Send exactly one of `query` (text) and `vector` (an embedding).", "invalid_request", "query")
+            raise _bad_request(
+                "Send exactly one of `query` (text) and `vector` (an embedding).", "invalid_request", "query"
+            )
         if query is not None:
             if not query.strip():
                 raise _bad_request("`query` is empty.", "invalid_request", "query")

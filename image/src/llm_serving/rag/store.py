@@ -18,9 +18,13 @@ import json
 import os
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Set
 
 from llm_serving.config import RagConfig, RagStoreConfig
+
+if TYPE_CHECKING:
+    from pymilvus import MilvusClient
+    from ray.serve import Application
 
 COLLECTION_PROPERTY = "llm_serving.rag"
 MAX_TEXT_BYTES = 65535  # Milvus VARCHAR limit for a chunk's text
@@ -73,14 +77,14 @@ class VectorStore:
     (Milvus Lite is one embedded process; a server connection gains little from parallel calls
     made by one replica)."""
 
-    def __init__(self, client, lite_path: Optional[str] = None):
+    def __init__(self, client: MilvusClient, lite_path: Optional[str] = None):
         self._client = client
         self._lite_path = lite_path
         self._lock = threading.Lock()
-        self._loaded: set = set()  # collections loaded for search and query by this client
+        self._loaded: Set[str] = set()  # collections loaded for search and query by this client
 
     @classmethod
-    def connect(cls, config: RagStoreConfig) -> "VectorStore":
+    def connect(cls, config: RagStoreConfig) -> VectorStore:
         from pymilvus import MilvusClient  # imported here: only the store replica needs it
 
         if config.is_lite:
@@ -91,7 +95,9 @@ class VectorStore:
             if env:
                 value = os.environ.get(env)
                 if not value:
-                    raise RuntimeError(f"rag.store.{field}_env names {env}, which is not set; set it (e.g. from a Secret)")
+                    raise RuntimeError(
+                        f"rag.store.{field}_env names {env}, which is not set; set it (e.g. from a Secret)"
+                    )
                 kwargs[field] = value
         if config.db_name:
             kwargs["db_name"] = config.db_name
@@ -117,7 +123,9 @@ class VectorStore:
         raw = self._client.describe_collection(name).get("properties", {}).get(COLLECTION_PROPERTY)
         if raw is None:
             raise StoreError(
-                409, f"The Milvus collection `{name}` was not created by llm-serving; use another name.", "collection_foreign"
+                409,
+                f"The Milvus collection `{name}` was not created by llm-serving; use another name.",
+                "collection_foreign",
             )
         info = CollectionInfo(name=name, **json.loads(raw))
         if name not in self._loaded:
@@ -170,9 +178,7 @@ class VectorStore:
             index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="COSINE")
             # Strong consistency: a search right after an ingestion sees it (a server's default,
             # Bounded, may not).
-            self._client.create_collection(
-                info.name, schema=schema, index_params=index, consistency_level="Strong"
-            )
+            self._client.create_collection(info.name, schema=schema, index_params=index, consistency_level="Strong")
             settings = {k: v for k, v in info.to_dict().items() if k != "name"}
             self._client.alter_collection_properties(info.name, properties={COLLECTION_PROPERTY: json.dumps(settings)})
             self._loaded.discard(info.name)
@@ -205,9 +211,7 @@ class VectorStore:
             ]
             if rows:
                 self._client.upsert(name, rows)
-            self._client.delete(
-                name, filter=f"document_id == {_quoted(document_id)} and chunk_index >= {len(rows)}"
-            )
+            self._client.delete(name, filter=f"document_id == {_quoted(document_id)} and chunk_index >= {len(rows)}")
         return len(rows)
 
     def delete_document(self, name: str, document_id: str) -> int:
@@ -215,9 +219,7 @@ class VectorStore:
             self._info(name)
             existing = self._client.query(name, filter=f"document_id == {_quoted(document_id)}", output_fields=["id"])
             if not existing:
-                raise StoreError(
-                    404, f"The collection `{name}` has no document `{document_id}`.", "document_not_found"
-                )
+                raise StoreError(404, f"The collection `{name}` has no document `{document_id}`.", "document_not_found")
             self._client.delete(name, filter=f"document_id == {_quoted(document_id)}")
         return len(existing)
 
@@ -228,7 +230,10 @@ class VectorStore:
             for vector in vectors:
                 _check_dimension(info, vector)
             results = self._client.search(
-                name, data=[list(v) for v in vectors], limit=top_k, output_fields=OUTPUT_FIELDS,
+                name,
+                data=[list(v) for v in vectors],
+                limit=top_k,
+                output_fields=OUTPUT_FIELDS,
                 search_params={"metric_type": "COSINE"},
             )
         return [
@@ -283,12 +288,17 @@ class RagStore:
 
 
 STORE_METHODS = {
-    "get_collection", "list_collections", "create_collection", "drop_collection",
-    "replace_document", "delete_document", "search",
+    "get_collection",
+    "list_collections",
+    "create_collection",
+    "drop_collection",
+    "replace_document",
+    "delete_document",
+    "search",
 }
 
 
-def build_rag_store_deployment(config: "RagConfig"):
+def build_rag_store_deployment(config: RagConfig) -> Application:
     """The RagStore Serve deployment: one replica for a Milvus Lite file (the only process that may
     open it), `store.replicas` for a Milvus server."""
     from ray import serve
