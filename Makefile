@@ -1,14 +1,15 @@
 # Two commands on a fresh machine (each installs what it needs first):
 #   make serve   serve values/dev-cpu.yaml locally on the CPU (CONFIG=path to serve another file)
 #   make test    run the whole test suite
-# Also: make bench (benchmarks that print ratios), make lock (re-freeze dependencies),
+# Also: make lint (ruff and mypy on image/src), make bench (benchmarks that print ratios),
+#   make lock (re-freeze dependencies),
 #   make image (build the CPU image with buildah) and make image-test (build it, serve from it, test it).
 
 VENV  := .venv
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: serve test bench lock setup image image-test
+.PHONY: serve test lint bench lock setup image image-test
 
 # The CPU image, built locally (no Docker daemon or Docker Hub needed): see ci/build-image.sh.
 IMAGE ?= localhost/llm-serving:$(shell sed -n 's/^version = "\(.*\)"$$/\1/p' image/pyproject.toml)-cpu
@@ -24,6 +25,15 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	ci/test.sh
+
+# Lint (pycodestyle, pyflakes, import order, bugbear, pyupgrade), formatting and types of the app,
+# configured in image/pyproject.toml; a few seconds. All three run, so one pass shows every finding.
+lint: $(STAMP)
+	@status=0; \
+	$(VENV)/bin/ruff check image/src || status=1; \
+	$(VENV)/bin/ruff format --check image/src || status=1; \
+	$(VENV)/bin/mypy --config-file image/pyproject.toml image/src/llm_serving || status=1; \
+	exit $$status
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/serving_overhead.py
