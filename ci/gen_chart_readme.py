@@ -9,6 +9,10 @@ A README opts in with marker pairs; the text between them is replaced:
         the properties of `$defs.NAME` in the chart's values.schema.json (e.g. an entry of a map
         of worker groups, or a model of the app's config)
 
+Every chart's README must have the values table: one generator, one format for all charts.
+Hand-written schemas (draft-07 `definitions`, `allOf`, `oneOf`) and generated ones (`$defs`,
+`anyOf`) read the same.
+
 Usage: ci/gen_chart_readme.py [--check] [CHART_DIR ...]   (default: every chart under charts/)
 """
 
@@ -39,16 +43,38 @@ def default_text(value: Any) -> str:
     return f"`{json.dumps(value, separators=(', ', ': '))}`"
 
 
+def resolve(node: Optional[Dict[str, Any]], schema: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """A schema node with its local `$ref` followed and its `allOf` parts merged in."""
+    if not node:
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        for prefix, section in (("#/$defs/", "$defs"), ("#/definitions/", "definitions")):
+            if ref.startswith(prefix):
+                target = resolve(schema.get(section, {}).get(ref[len(prefix) :]), schema) or {}
+                node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+                break
+    if "allOf" in node:
+        merged = {k: v for k, v in node.items() if k != "allOf"}
+        for part in node["allOf"]:
+            part = resolve(part, schema) or {}
+            merged["properties"] = {**part.get("properties", {}), **merged.get("properties", {})}
+            for key, value in part.items():
+                merged.setdefault(key, value)
+        node = merged
+    return node
+
+
 def schema_type(node: Optional[Dict[str, Any]], value: Any = None, schema: Optional[Dict[str, Any]] = None) -> str:
     """A short, readable type: enum values, JSON types, `map of string`; $refs are resolved."""
+    node = resolve(node, schema or {})
     if node:
-        if "$ref" in node and schema is not None and node["$ref"].startswith("#/$defs/"):
-            return schema_type(schema["$defs"].get(node["$ref"][len("#/$defs/") :]), value, schema)
         if "enum" in node:
             return ", ".join(json.dumps(v) for v in node["enum"])
-        if "anyOf" in node:
-            kinds = [schema_type(option, None, schema) for option in node["anyOf"] if option.get("type") != "null"]
-            return " or ".join(dict.fromkeys(kind for kind in kinds if kind))
+        for combinator in ("anyOf", "oneOf"):
+            if combinator in node:
+                kinds = [schema_type(option, None, schema) for option in node[combinator] if option.get("type") != "null"]
+                return " or ".join(dict.fromkeys(kind for kind in kinds if kind))
         if "type" in node:
             kinds = node["type"] if isinstance(node["type"], list) else [node["type"]]
             if kinds == ["object"] and isinstance(node.get("additionalProperties"), dict) and "properties" not in node:
@@ -67,6 +93,7 @@ def schema_type(node: Optional[Dict[str, Any]], value: Any = None, schema: Optio
 def schema_node(schema: Dict[str, Any], path) -> Optional[Dict[str, Any]]:
     node: Optional[Dict[str, Any]] = schema
     for key in path:
+        node = resolve(node, schema)
         if node is None:
             return None
         node = (node.get("properties") or {}).get(key)
@@ -75,12 +102,18 @@ def schema_node(schema: Dict[str, Any], path) -> Optional[Dict[str, Any]]:
 
 def values_table(chart: Path, schema: Dict[str, Any]) -> str:
     values = load_values(chart / "values.yaml")
+    docs = [doc for doc in parse_values_docs(chart / "values.yaml") if doc.description is not None]
+    # A map whose keys have rows of their own points at them instead of repeating them as JSON.
+    parents = {doc.path[:-1] for doc in docs}
     rows = ["| Key | Type | Default | Description |", "|---|---|---|---|"]
-    for doc in parse_values_docs(chart / "values.yaml"):
-        if doc.description is None:
-            continue
+    for doc in docs:
         value = value_at(values, doc.path)
-        default = f"{doc.default_override}" if doc.default_override else default_text(value)
+        if doc.default_override:
+            default = doc.default_override
+        elif isinstance(value, dict) and doc.path in parents:
+            default = "see the keys below"
+        else:
+            default = default_text(value)
         kind = schema_type(schema_node(schema, doc.path), value, schema)
         rows.append(f"| `{doc.dotted}` | {cell(kind)} | {cell(default)} | {cell(doc.description)} |")
     return "\n".join(rows) + "\n"
@@ -98,11 +131,19 @@ def fields_table(schema: Dict[str, Any], name: str) -> str:
     return "\n".join(rows) + "\n"
 
 
+def shown(path: Path) -> str:
+    """The path as a user would type it: relative to the repository when inside it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
+
+
 def render_readme(chart: Path) -> Optional[str]:
     readme = chart / "README.md"
     if not readme.exists():
         return None
     text = readme.read_text()
+    if not VALUES_MARKER.search(text):
+        raise SystemExit(f"{shown(readme)} has no values table markers (<!-- values-table:start --> / <!-- values-table:end -->)")
     schema_file = chart / "values.schema.json"
     schema = json.loads(schema_file.read_text()) if schema_file.exists() else {}
     text = VALUES_MARKER.sub(lambda m: m.group(1) + values_table(chart, schema) + m.group(3), text)
@@ -127,10 +168,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if rendered == readme.read_text():
             continue
         if args.check:
-            stale.append(str(readme.relative_to(REPO)))
+            stale.append(shown(readme))
         else:
             readme.write_text(rendered)
-            print(f"wrote {readme.relative_to(REPO)}")
+            print(f"wrote {shown(readme)}")
     if stale:
         print(f"out of date: {', '.join(stale)}; run ci/gen_chart_readme.py", file=sys.stderr)
         return 1

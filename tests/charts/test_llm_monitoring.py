@@ -164,13 +164,6 @@ class TestValuesDocumentedAndInStep:
 
         walk(values, self.schema(), "")
 
-    def test_readme_values_table_is_generated_from_values(self):
-        result = subprocess.run(
-            [sys.executable, str(render.REPO / "ci" / "gen_chart_readme.py"), "--check", str(CHART_DIR)],
-            capture_output=True, text=True,
-        )
-        assert result.returncode == 0, result.stderr
-
 
 class TestCiScenarios:
     @pytest.mark.parametrize("values_file", sorted((CHART_DIR / "ci").glob("*-values.yaml")), ids=lambda p: p.name)
