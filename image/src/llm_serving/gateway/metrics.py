@@ -9,12 +9,13 @@ final usage chunk and removes it again when the client did not ask for it itself
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 from starlette.types import Message, Send
+
+from llm_serving.rag.endpoints import match_rag_endpoint
 
 ANONYMOUS = "anonymous"
 NO_MODEL = "none"
@@ -27,25 +28,14 @@ STREAMING_ROUTES = {CHAT_ROUTE, COMPLETIONS_ROUTE}
 LATENCY_BUCKETS_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000]
 
 
-# The RAG API's routes as templates (a collection or document name in a label would be unbounded).
-RAG_ROUTE_TEMPLATES = [
-    (re.compile(r"/v1/rag/collections"), "/v1/rag/collections"),
-    (re.compile(r"/v1/rag/collections/[^/]+"), "/v1/rag/collections/{name}"),
-    (re.compile(r"/v1/rag/collections/[^/]+/documents"), "/v1/rag/collections/{name}/documents"),
-    (re.compile(r"/v1/rag/collections/[^/]+/documents/.+"), "/v1/rag/collections/{name}/documents/{id}"),
-    (re.compile(r"/v1/rag/collections/[^/]+/search"), "/v1/rag/collections/{name}/search"),
-]
-
-
 def route_label(path: str) -> str:
+    """The route as a label value; RAG routes by their template (names in labels would be unbounded)."""
     if path in KNOWN_ROUTES:
         return path
     if path.startswith("/v1/models/"):
         return "/v1/models"
-    for pattern, template in RAG_ROUTE_TEMPLATES:
-        if pattern.fullmatch(path):
-            return template
-    return "other"
+    rag = match_rag_endpoint(path)
+    return rag[0].template if rag is not None else "other"
 
 
 @dataclass
@@ -112,7 +102,7 @@ class Exchange:
         kept = []
         for event in chunk.split(b"\n\n"):
             if event.startswith(b"data: {"):
-                usage_only = b'"usage"' in event and self._take_usage(event[len(b"data: "):])
+                usage_only = b'"usage"' in event and self._take_usage(event[len(b"data: ") :])
                 if usage_only:
                     if self._hide_usage_chunk:
                         continue
@@ -209,14 +199,24 @@ class GatewayMetrics:
     def record(self, exchange: Exchange) -> None:
         model, variant, key = exchange.model, exchange.variant, exchange.api_key
         if exchange.shadow:  # kept apart: clients never saw these
-            self.shadow_requests.inc(tags={"model": model, "variant": variant,
-                                           "status_code": str(exchange.status) if exchange.status else "dropped"})
+            self.shadow_requests.inc(
+                tags={
+                    "model": model,
+                    "variant": variant,
+                    "status_code": str(exchange.status) if exchange.status else "dropped",
+                }
+            )
             if exchange.status:
                 self.shadow_latency.observe(exchange.latency_ms, tags={"model": model, "variant": variant})
             return
         self.requests.inc(
-            tags={"model": model, "variant": variant, "api_key": key, "route": exchange.route,
-                  "status_code": str(exchange.status)}
+            tags={
+                "model": model,
+                "variant": variant,
+                "api_key": key,
+                "route": exchange.route,
+                "status_code": str(exchange.status),
+            }
         )
         self.latency.observe(exchange.latency_ms, tags={"model": model, "variant": variant, "route": exchange.route})
         if exchange.time_to_first_token_ms is not None:
