@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Write charts/llm-serving/values.schema.json from its two sources.
 
-- `app:` comes from the app's own pydantic model, `llm_serving.config.AppConfig.model_json_schema()`,
+- `app:` comes from the app's own pydantic models, `llm_serving.serve_config.AppBlock.model_json_schema()`
+  (the build args of llm_serving.config.AppConfig and the live llm_serving.traffic_config.TrafficConfig),
   so `helm template` rejects what the app would reject (types, enums, bounds, unknown keys). Its
   `$defs` move to the root `$defs` under an `app.` prefix (helm 3.19 resolves local `$ref`s into
   `$defs`; a nested `$defs` would not be found from `#/$defs/...`). Model names must match the
@@ -38,10 +39,11 @@ DROPPED_KEYWORDS = {"title"}
 
 
 def app_schema() -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """The AppConfig schema with its $defs split out and every $ref pointed at the root $defs."""
-    from llm_serving.config import MODEL_NAME_PATTERN, AppConfig
+    """The app block's schema with its $defs split out and every $ref pointed at the root $defs."""
+    from llm_serving.config import MODEL_NAME_PATTERN
+    from llm_serving.serve_config import AppBlock
 
-    schema = AppConfig.model_json_schema()
+    schema = AppBlock.model_json_schema()
     definitions = schema.pop("$defs", {})
 
     def rewrite(node: Any) -> Any:
@@ -89,7 +91,7 @@ def build() -> Dict[str, Any]:
     add_descriptions(schema)
     app_root, app_defs = app_schema()
     app_root["description"] = (
-        schema["properties"]["app"].get("description", "") + " (generated from llm_serving.config.AppConfig)"
+        schema["properties"]["app"].get("description", "") + " (generated from llm_serving.serve_config.AppBlock)"
     ).strip()
     schema["properties"]["app"] = app_root
     clashes = set(app_defs) & set(schema.get("$defs", {}))

@@ -137,7 +137,8 @@ def test_dev_cpu_runs_on_any_cluster_with_the_cpu_image():
 
 def gpus_at_rest(profile: Path) -> int:
     """GPUs the profile holds with no load: min replicas x tensor-parallel size of each GPU model."""
-    config = parse_app_config(load(profile)["app"] | {"gateway": {"auth": {"mode": "none"}}})
+    args = {key: value for key, value in load(profile)["app"].items() if key != "traffic"}
+    config = parse_app_config(args | {"gateway": {"auth": {"mode": "none"}}})
     return sum(
         model.autoscaling.min_replicas * model.tensor_parallel_size
         for model in config.models.values()

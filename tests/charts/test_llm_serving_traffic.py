@@ -1,14 +1,19 @@
-"""app.traffic: rendered as the gateway deployment's user_config (applied in place by Serve), never
-as `args` (a change of args restarts every replica, engines included)."""
+"""app.traffic: rendered as the Gateway deployment's user_config (applied in place by Serve), never
+as `args` (a change of args restarts every replica, engines included); the chart renders the same
+Serve application `llm-serving serve` deploys from a profile, and refuses what the app refuses."""
 
 from __future__ import annotations
 
-import pytest
+import copy
+import re
 
-from llm_serving import app as app_module
-from llm_serving.config import parse_app_config
+import pytest
+import yaml
+
+from llm_serving.serve_config import GATEWAY_DEPLOYMENT, check_serve_application, serve_application
+from llm_serving.traffic_config import TrafficConfigError, parse_traffic_config
 from tests.charts import render
-from tests.charts.llm_serving_chart import app_args, render_chart, render_cpu, render_gpu, serve_config
+from tests.charts.llm_serving_chart import app_args, merged, render_chart, render_cpu, serve_config
 
 CANARY = {
     "aliases": {"chat": {"variants": {"tiny": 90}}},  # `tiny` is CPU_VALUES' model
@@ -16,21 +21,25 @@ CANARY = {
     "keys_revision": "2",
 }
 PROFILES = sorted(p for p in render.VALUES.glob("*.yaml"))
+INVALID_TRAFFIC = yaml.safe_load((render.REPO / "tests" / "cases" / "invalid_traffic.yaml").read_text())
+KEYS_PATH = "/etc/llm-serving/api-keys/{key}"  # where the chart mounts apiKeys.existingSecret
+
+
+def application(objects):
+    (rendered,) = serve_config(objects)["applications"]
+    return rendered
 
 
 def gateway_override(objects):
-    (application,) = serve_config(objects)["applications"]
-    (deployment,) = application["deployments"]
+    (deployment,) = application(objects)["deployments"]
     return deployment
 
 
 def test_traffic_goes_to_the_gateway_user_config_not_to_args():
     objects = render_cpu({"app": {"traffic": CANARY}})
     assert "traffic" not in app_args(objects)
-    deployment = gateway_override(objects)
-    assert deployment["user_config"] == CANARY
     # Only user_config is overridden: anything else there would be a restart (or a failed deploy).
-    assert set(deployment) == {"name", "user_config"}
+    assert gateway_override(objects) == {"name": "Gateway", "user_config": CANARY}
 
 
 def test_without_traffic_the_user_config_is_empty():
@@ -45,22 +54,29 @@ def test_a_traffic_change_leaves_args_unchanged():
     assert before == after
 
 
-@pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
 @pytest.mark.parametrize("fast_path", [True, False])
-def test_the_chart_names_the_deployment_the_app_builds(profile, fast_path, monkeypatch):
-    objects = render_chart({"fastPath": {"enabled": fast_path}}, values_files=[profile])
-    config = parse_app_config(app_args(objects))
-    monkeypatch.setattr(app_module, "RAY_SERVE_ENABLE_HA_PROXY", fast_path)
-    assert gateway_override(objects)["name"] == app_module.gateway_deployment_name(config)
+@pytest.mark.parametrize("models", [1, 2])
+def test_the_gateway_deployment_has_one_name_in_both_topologies(fast_path, models):
+    # One model on the fast path: the engine replica is the gateway; otherwise a deployment in front.
+    # The app names it Gateway either way, so the chart renders a constant.
+    tiny = {"source": "builtin://tiny-chat", "device": "cpu"}
+    one_or_two = {"org/m.v1": tiny} if models == 1 else {"org/m.v1": tiny, "other": tiny}
+    objects = render_cpu({"fastPath": {"enabled": fast_path}, "app": {"models": {"tiny": None, **one_or_two}}})
+    assert gateway_override(objects)["name"] == GATEWAY_DEPLOYMENT == "Gateway"
 
 
-def test_one_model_on_the_fast_path_names_the_engine_deployment():
-    one_model = {"tiny": None, "org/m.v1": {"source": "builtin://tiny-chat", "device": "cpu"}}
-    objects = render_cpu({"fastPath": {"enabled": True}, "app": {"models": one_model}})
-    assert gateway_override(objects)["name"] == "GatewayLLMServer:org--m_v1"
-    forced = render_cpu({"fastPath": {"enabled": True}, "app": {"models": one_model,
-                                                                "gateway": {"direct_streaming": False}}})
-    assert gateway_override(forced)["name"] == "Gateway"
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
+def test_the_chart_renders_the_application_the_local_command_deploys(profile):
+    """llm_serving.serve_config.serve_application is the chart's llm-serving.serveConfig in Python."""
+    values = yaml.safe_load(profile.read_text())
+    expected = serve_application(values["app"])
+    secret = (values.get("apiKeys") or {}).get("existingSecret")
+    if secret:  # the chart's one addition: the path where it mounts the keys Secret
+        key = values["apiKeys"].get("key") or "keys.yaml"
+        expected["args"] = merged(expected["args"], {"gateway": {"auth": {"api_keys": {"file": KEYS_PATH.format(key=key)}}}})
+    rendered = application(render_chart(values_files=[profile]))
+    assert rendered == expected
+    check_serve_application(rendered, profile.name)  # and the app accepts it as rendered
 
 
 @pytest.mark.parametrize(
@@ -77,24 +93,13 @@ def test_the_schema_rejects_bad_traffic_at_helm_time(traffic, message):
         render_cpu({"app": {"traffic": traffic}})
 
 
-@pytest.mark.parametrize(
-    "aliases, message",
-    [
-        ({"chat": {"variants": {"tiny": 90, "chat-v3": 10}}},
-         r"app\.traffic\.aliases\.chat\.variants: chat-v3 not served; variants must be keys under `app\.models` \(tiny\)"),
-        ({"tiny": {"variants": {"tiny": 1}}},
-         r"app\.traffic\.aliases\.tiny: the alias has the name of a served model; rename the alias"),
-        ({"chat": {"variants": {"tiny": 1}, "shadow": {"variant": "chat-v2", "percent": 5}}},
-         r"app\.traffic\.aliases\.chat\.shadow\.variant: chat-v2 not served; it must be a key under `app\.models` \(tiny\)"),
-    ],
-)
-def test_aliases_must_split_between_served_models_at_helm_time(aliases, message):
-    with pytest.raises(render.HelmError, match=message):
-        render_cpu({"app": {"traffic": {"aliases": aliases}}})
-
-
-@pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
-def test_each_profiles_traffic_is_a_config_the_app_accepts(profile):
-    """Args and the gateway's user_config validate together (variants are served models, ...)."""
-    objects = render_chart(values_files=[profile])
-    parse_app_config({**app_args(objects), "traffic": gateway_override(objects)["user_config"]})
+@pytest.mark.parametrize("case", sorted(INVALID_TRAFFIC["cases"]))
+def test_the_chart_and_the_app_refuse_each_case_with_one_message(case):
+    traffic, message = INVALID_TRAFFIC["cases"][case]["traffic"], INVALID_TRAFFIC["cases"][case]["message"]
+    served = INVALID_TRAFFIC["served"]
+    with pytest.raises(TrafficConfigError) as refused:
+        parse_traffic_config(copy.deepcopy(traffic), served)
+    assert refused.value.problems == [message]
+    models = {"tiny": None, **{name: {"source": "builtin://tiny-chat", "device": "cpu"} for name in served}}
+    with pytest.raises(render.HelmError, match=re.escape(f"app.{message}")):
+        render_cpu({"app": {"models": models, "traffic": traffic}})

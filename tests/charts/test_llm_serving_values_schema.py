@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from llm_serving.config import AppConfig, ApiKeysConfig, AutoscalingConfig, GatewayConfig, ModelConfig
+from llm_serving.serve_config import AppBlock
 from tests.charts import render
 from tests.charts.llm_serving_chart import CHART_DIR, PROFILES
 
@@ -58,7 +59,7 @@ class TestGeneratedFilesAreCurrent:
 class TestAppPartComesFromThePydanticModel:
     def test_app_properties_are_the_models_fields(self):
         app = schema()["properties"]["app"]
-        assert set(app["properties"]) == set(AppConfig.model_fields)
+        assert set(app["properties"]) == set(AppBlock.model_fields)  # the build args and traffic
         assert app["required"] == ["models"]
         assert app["additionalProperties"] is False
         definitions = schema()["$defs"]

@@ -4,9 +4,8 @@ renders. Shared by the test modules and the shared instance in conftest."""
 
 from __future__ import annotations
 
-import copy
+import yaml
 
-from llm_serving.config_files import load_app_args
 from tests.charts.render import VALUES, render_chart
 from tests.e2e.servers import REPO
 
@@ -23,7 +22,8 @@ KEYS_DOCUMENT = {
 
 
 def dev_cpu_with_keys(keys_file) -> dict:
-    args = copy.deepcopy(load_app_args(REPO / "values" / "dev-cpu.yaml"))
+    """The profile's `app:` block (args and traffic), with API keys from `keys_file`."""
+    args = yaml.safe_load((REPO / "values" / "dev-cpu.yaml").read_text())["app"]
     args["gateway"]["auth"] = {"mode": "api_key", "api_keys": {"file": str(keys_file)}}
     return args
 

@@ -367,7 +367,7 @@ def test_invalid_values_are_refused_and_the_running_config_stays(canary):
     report = canary.reload(yaml.safe_dump(broken))
 
     assert report.startswith("llm-serving: reload refused, the running config stays in force"), report
-    assert "traffic.aliases.chat.variants: chat-v3 not served; variants must be keys under `models` (chat-v1, chat-v2)" in report
+    assert "traffic.aliases.chat.variants: chat-v3 not served; variants must be served models (chat-v1, chat-v2)" in report
     client = canary.client()
     assert {ask_alias(client, session=f"session-{i}") for i in range(20)} == {"chat-v2"}
     canary.config_file.write_text(yaml.safe_dump(running))

@@ -3,7 +3,8 @@
 import pytest
 
 from llm_serving.app import to_llm_config
-from llm_serving.config import AppConfig, ConfigError, parse_app_config
+from llm_serving.config import ConfigError, parse_app_config
+from llm_serving.serve_config import AppBlock
 
 
 def minimal(**model_overrides):
@@ -64,13 +65,6 @@ def test_scale_to_zero_starts_one_replica_so_a_fresh_deploy_answers():
     assert config.models["chat"].autoscaling.to_serve()["initial_replicas"] == 1
 
 
-def test_on_local_cpu_overrides_gpu_only_settings():
-    config = parse_app_config(minimal(tensor_parallel_size=4, accelerator_type="H100"))
-    local = config.on_local_cpu().models["chat"]
-    assert (local.device, local.tensor_parallel_size, local.accelerator_type) == ("cpu", 1, None)
-    assert config.models["chat"].device == "gpu"  # the original is unchanged
-
-
 def test_json_schema_has_a_description_for_every_property():
     def walk(schema, path):
         for name, prop in schema.get("properties", {}).items():
@@ -78,4 +72,4 @@ def test_json_schema_has_a_description_for_every_property():
         for name, definition in schema.get("$defs", {}).items():
             walk(definition, name)
 
-    walk(AppConfig.model_json_schema(), "AppConfig")
+    walk(AppBlock.model_json_schema(), "AppBlock")  # the build args and traffic

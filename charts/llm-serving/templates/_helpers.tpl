@@ -188,34 +188,15 @@ minus `traffic` (that goes to the gateway deployment's user_config, see llm-serv
 {{/*
 Usage: {{ include "llm-serving.serveConfig" . }}
 The serveConfigV2 document: one Serve application running the app's builder on the whole route.
+Serve restarts every replica (engines too) when `args` change, but only reconfigures the replicas
+of a deployment whose user_config alone changed: app.traffic goes there, to the deployment the app
+always names Gateway. Its twin for the local command is llm_serving.serve_config.serve_application.
 */}}
 {{- define "llm-serving.serveConfig" -}}
 {{- $application := dict "name" "llm-serving" "import_path" "llm_serving.app:build_app" "route_prefix" "/" "args" (include "llm-serving.appArgs" . | fromYaml) -}}
-{{- /* Serve restarts every replica (engines too) when `args` change, but only reconfigures the
-replicas of a deployment whose user_config alone changed: app.traffic goes there. */}}
 {{- $traffic := deepCopy ((.Values.app | default dict).traffic | default dict) -}}
-{{- $gateway := dict "name" (include "llm-serving.gatewayDeploymentName" .) "user_config" $traffic -}}
-{{- $_ := set $application "deployments" (list $gateway) -}}
+{{- $_ := set $application "deployments" (list (dict "name" "Gateway" "user_config" $traffic)) -}}
 {{- toYaml (dict "applications" (list $application)) -}}
-{{- end -}}
-
-{{/*
-Usage: {{ include "llm-serving.gatewayDeploymentName" . }}
-The Serve deployment that runs the gateway: the engine replica itself with one model on the fast
-path (direct streaming), else the Gateway deployment. Mirrors llm_serving.app:gateway_deployment_name.
-*/}}
-{{- define "llm-serving.gatewayDeploymentName" -}}
-{{- $app := .Values.app | default dict -}}
-{{- $models := keys ($app.models | default dict) | sortAlpha -}}
-{{- $direct := true -}}
-{{- if hasKey ($app.gateway | default dict) "direct_streaming" -}}
-{{- $direct = $app.gateway.direct_streaming -}}
-{{- end -}}
-{{- if and .Values.fastPath.enabled $direct (eq (len $models) 1) (not $app.rag) -}}
-{{- printf "GatewayLLMServer:%s" (first $models | replace "/" "--" | replace "." "_") -}}
-{{- else -}}
-Gateway
-{{- end -}}
 {{- end -}}
 
 {{/*

@@ -16,12 +16,10 @@ from llm_serving._ray import (
     with_ingress_request_router,
 )
 from llm_serving.config import AppConfig, ModelConfig, parse_app_config
-from llm_serving.config_files import APP_NAME, IMPORT_PATH
 from llm_serving.ingress import GatewayIngress
 from llm_serving.rag.store import build_rag_store_deployment
+from llm_serving.serve_config import GATEWAY_DEPLOYMENT
 from llm_serving.server import GatewayLLMServer
-
-GATEWAY_DEPLOYMENT = "Gateway"
 
 
 def to_llm_config(name: str, model: ModelConfig) -> LLMConfig:
@@ -73,52 +71,19 @@ def uses_direct_streaming(config: AppConfig) -> bool:
     )
 
 
-def gateway_deployment_name(config: AppConfig) -> str:
-    """The deployment whose user_config carries `traffic` (the chart's serveConfigV2 `deployments:`
-    override names it: llm-serving.gatewayDeploymentName must agree)."""
-    if uses_direct_streaming(config):
-        (name,) = config.models
-        return engine_deployment_name(name)
-    return GATEWAY_DEPLOYMENT
-
-
-def engine_deployment_name(model_name: str) -> str:
-    """The Serve deployment of one model's engine (Ray Serve LLM names it after the server class
-    and the model id, with `/` and `.` replaced)."""
-    return f"{GatewayLLMServer.__name__}:{model_name.replace('/', '--').replace('.', '_')}"
-
-
-def serve_application(config: AppConfig) -> Dict[str, Any]:
-    """The Serve application (one entry of a Serve config's `applications:`) the chart renders into
-    serveConfigV2 (see llm-serving.serveConfig): `traffic` goes to the gateway deployment's
-    user_config, everything else is `args`. `llm-serving serve` deploys this declaratively, as
-    KubeRay does, so a change of `traffic` alone is applied in place there too."""
-    return {
-        "name": APP_NAME,
-        "import_path": IMPORT_PATH,
-        "route_prefix": "/",
-        "args": config.model_dump(mode="json", exclude={"traffic"}),
-        "deployments": [
-            {
-                "name": gateway_deployment_name(config),
-                "user_config": config.traffic.model_dump(mode="json", exclude_defaults=True),
-            }
-        ],
-    }
-
-
 def build_app(args: Dict[str, Any]) -> Application:
     """Build the Serve application from the app's args (see llm_serving.config.AppConfig)."""
     config = parse_app_config(args)
     llm_configs = {name: to_llm_config(name, model) for name, model in config.models.items()}
     gateway = config.gateway.model_dump()
-    # The live part: a user_config, so changing it reconfigures replicas in place (see traffic_config).
-    traffic = {"user_config": config.traffic.model_dump(mode="json", exclude_defaults=True)}
+    # The gateway's live config (traffic) is not built here: it is the Serve config's user_config
+    # of the deployment named GATEWAY_DEPLOYMENT, in both topologies (see serve_config).
 
     if uses_direct_streaming(config):
         (llm_config,) = llm_configs.values()
+        # Ray Serve LLM names the engine deployment after the model; the override comes after that.
         server = build_direct_streaming_llm_deployment(
-            llm_config, bind_kwargs={"gateway": gateway}, override_serve_options=traffic
+            llm_config, bind_kwargs={"gateway": gateway}, override_serve_options={"name": GATEWAY_DEPLOYMENT}
         )
         router = build_openai_ingress_request_router(server=server, llm_config=llm_config)
         return with_ingress_request_router(server, router)
@@ -141,7 +106,7 @@ def build_app(args: Dict[str, Any]) -> Application:
             "rag": {"config": config.rag.model_dump(), "embedding_models": embedding_models},
             "rag_store": build_rag_store_deployment(config.rag),
         }
-    return serve.deployment(GatewayIngress, name=GATEWAY_DEPLOYMENT, **ingress_options, **traffic).bind(
+    return serve.deployment(GatewayIngress, name=GATEWAY_DEPLOYMENT, **ingress_options).bind(
         llm_deployments={name: build_llm_deployment(c) for name, c in llm_configs.items()},
         model_cards={name: to_model_metadata(name, c) for name, c in llm_configs.items()},
         gateway=gateway,

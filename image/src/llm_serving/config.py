@@ -1,24 +1,25 @@
-"""The serving app's configuration: the single source of truth for what the app accepts.
+"""The serving app's build-time configuration: the single source of truth for what `build_app` accepts.
 
-The llm-serving chart passes a profile's `app:` block verbatim as the RayService `serveConfigV2`
-args, and the local command reads the same block, so both runtimes validate with these models.
-The chart's values schema for `app:` is generated from `AppConfig.model_json_schema()`.
+A profile's `app:` block, minus `traffic`, is the Serve application's `args` (the chart and
+llm_serving.serve_config both render it so); `parse_app_config` is their one validation, run by
+`build_app` and, before deploying, by `llm-serving serve`. `traffic`, the live part, has its own
+model and validation (llm_serving.traffic_config). The chart's values schema for `app:` is
+generated from both models (ci/gen_values_schema.py).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from llm_serving.traffic_config import TrafficConfig
 
 # The accelerator types Ray Serve LLM accepts, so the chart's schema rejects a typo at `helm template`.
 # Copied, in order, from Ray 2.60's enum (ray/llm/_internal/serve/core/configs/accelerators.py,
 # AcceleratorType) so that this module, and the schema generator that imports it, need no Ray;
 # tests/unit/test_ray_door.py fails when the copy and the installed Ray's enum differ.
-ACCELERATOR_TYPES = (
+# fmt: off
+RayAcceleratorType = Literal[
     "V100", "P100", "T4", "P4", "K80", "A10G", "L4", "L40S", "A100", "H100", "H200", "H20", "B200", "B300",
     "GB200", "GB300", "RTX-PRO-6000", "Intel-GPU-Max-1550", "Intel-GPU-Max-1100", "Intel-GAUDI",
     "AMD-Instinct-MI100", "AMD-Instinct-MI250X", "AMD-Instinct-MI250X-MI250", "AMD-Instinct-MI210",
@@ -27,9 +28,10 @@ ACCELERATOR_TYPES = (
     "AMD-Radeon-R9-200-HD-7900", "AMD-Radeon-HD-7900", "aws-neuron-core", "TPU-V2", "TPU-V3", "TPU-V4",
     "TPU-V5P", "TPU-V5LITEPOD", "TPU-V6E", "TPU-V7X", "Ascend910B", "Ascend910B4", "MXC500", "MXC550",
     "FURIOSA_RNGD", "M1", "M1-Pro", "M1-Max", "M1-Ultra", "M2", "M2-Pro", "M2-Max", "M2-Ultra", "M3",
-    "M3-Pro", "M3-Max", "Apple-Silicon", "A100-40G", "A100-80G", "MOBILINT_ARIES", "MOBILINT_REGULUS",
-)
-RayAcceleratorType = Literal[ACCELERATOR_TYPES]
+    "M3-Pro", "M3-Max", "Apple-Silicon", "A100-40G", "A100-80G", "MOBILINT_ARIES", "MOBILINT_REGULUS"
+]
+# fmt: on
+ACCELERATOR_TYPES = get_args(RayAcceleratorType)
 
 # The system instructions of a RAG chat unless `rag.instructions` says otherwise.
 DEFAULT_RAG_INSTRUCTIONS = (
@@ -74,15 +76,13 @@ class AutoscalingConfig(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _replica_bounds(self) -> "AutoscalingConfig":
+    def _replica_bounds(self) -> AutoscalingConfig:
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"min_replicas ({self.min_replicas}) is greater than max_replicas ({self.max_replicas}); "
                 "raise max_replicas or lower min_replicas"
             )
-        if self.initial_replicas is not None and not (
-            self.min_replicas <= self.initial_replicas <= self.max_replicas
-        ):
+        if self.initial_replicas is not None and not (self.min_replicas <= self.initial_replicas <= self.max_replicas):
             raise ValueError(
                 f"initial_replicas ({self.initial_replicas}) must lie between min_replicas "
                 f"({self.min_replicas}) and max_replicas ({self.max_replicas})"
@@ -145,7 +145,7 @@ class ModelConfig(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _device_rules(self) -> "ModelConfig":
+    def _device_rules(self) -> ModelConfig:
         if self.device == "cpu":
             if self.accelerator_type is not None:
                 raise ValueError("accelerator_type applies to GPUs; remove it or set device: gpu")
@@ -177,7 +177,7 @@ class IngressConfig(StrictModel):
     target_ongoing_requests: float = Field(256, gt=0, description="Per-replica load the autoscaler aims for.")
 
     @model_validator(mode="after")
-    def _replica_bounds(self) -> "IngressConfig":
+    def _replica_bounds(self) -> IngressConfig:
         if self.min_replicas > self.max_replicas:
             raise ValueError("ingress.min_replicas is greater than ingress.max_replicas")
         return self
@@ -229,7 +229,7 @@ class RagStoreConfig(StrictModel):
         return "://" not in self.uri
 
     @model_validator(mode="after")
-    def _lite_rules(self) -> "RagStoreConfig":
+    def _lite_rules(self) -> RagStoreConfig:
         if self.is_lite:
             if not (self.uri.startswith("/") and self.uri.endswith(".db")):
                 raise ValueError(
@@ -269,7 +269,7 @@ class RagConfig(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _chunk_rules(self) -> "RagConfig":
+    def _chunk_rules(self) -> RagConfig:
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError("rag.chunk_overlap must be smaller than rag.chunk_size")
         if self.default_top_k > self.max_top_k:
@@ -283,13 +283,17 @@ class AppConfig(StrictModel):
     models: Dict[str, ModelConfig] = Field(..., min_length=1, description="Models keyed by their public name.")
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="Gateway settings.")
     rag: Optional[RagConfig] = Field(None, description="Retrieval-augmented generation; off when absent.")
-    traffic: TrafficConfig = Field(
-        default_factory=TrafficConfig,
-        description=(
-            "Aliases with weighted variants, sticky routing and per-API-key limits. Applied in place "
-            "(Ray Serve user_config of the gateway deployment): changing it restarts nothing."
-        ),
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _traffic_is_not_an_arg(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "traffic" in value:
+            raise ValueError(
+                "traffic is not a build argument: it is the Gateway deployment's user_config, applied in "
+                "place (keep it under app.traffic in a values profile; the chart and llm-serving serve "
+                "render it there)"
+            )
+        return value
 
     @field_validator("models")
     @classmethod
@@ -303,7 +307,7 @@ class AppConfig(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _keys_have_a_source(self) -> "AppConfig":
+    def _keys_have_a_source(self) -> AppConfig:
         auth = self.gateway.auth
         if auth.mode == "api_key" and not (auth.api_keys.file or auth.api_keys.env):
             raise ValueError(
@@ -313,12 +317,7 @@ class AppConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _aliases_name_served_models(self) -> "AppConfig":
-        self.traffic.check_against_models(list(self.models))
-        return self
-
-    @model_validator(mode="after")
-    def _rag_has_an_embedding_model(self) -> "AppConfig":
+    def _rag_has_an_embedding_model(self) -> AppConfig:
         if self.rag is None:
             return self
         embed = sorted(name for name, model in self.models.items() if model.task == "embed")
@@ -332,30 +331,26 @@ class AppConfig(StrictModel):
             )
         return self
 
-    def on_local_cpu(self) -> "AppConfig":
-        """The same app with GPU-only settings overridden, for running a GPU profile on a laptop."""
-        models = {
-            name: model.model_copy(
-                update={"device": "cpu", "accelerator_type": None, "tensor_parallel_size": 1}
-            )
-            for name, model in self.models.items()
-        }
-        return self.model_copy(update={"models": models})
-
 
 class ConfigError(ValueError):
     """Raised for invalid app args; the message names each bad key and how to fix it."""
 
 
-def format_validation_error(error: ValidationError, root: str = "args") -> str:
-    lines = [f"invalid llm-serving app config ({error.error_count()} problem(s)):"]
+def validation_problems(error: ValidationError, root: str) -> List[str]:
+    """One line per problem pydantic found: `<root>.<key>: <what is wrong and the fix>`."""
+    problems = []
     for item in error.errors():
         location = ".".join(str(part) for part in (root, *item["loc"]))
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key; check the spelling against the documented keys"
-        lines.append(f"  - {location}: {message}")
-    return "\n".join(lines)
+        problems.append(f"{location}: {message}")
+    return problems
+
+
+def format_validation_error(error: ValidationError, root: str = "args") -> str:
+    problems = validation_problems(error, root)
+    return "\n".join([f"invalid llm-serving app config ({len(problems)} problem(s)):"] + [f"  - {p}" for p in problems])
 
 
 def parse_app_config(args: Dict[str, Any]) -> AppConfig:

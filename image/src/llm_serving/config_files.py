@@ -1,4 +1,5 @@
-"""Reading the app's args from the files users have: a values profile, a Serve config, or bare args."""
+"""Reading the Serve application to run from the files users have: a values profile, a Serve
+config, or a bare `app:` block."""
 
 from __future__ import annotations
 
@@ -8,70 +9,58 @@ from typing import Any, Dict, Optional
 
 import yaml
 
-IMPORT_PATH = "llm_serving.app:build_app"
-APP_NAME = "llm-serving"  # the Serve application's name, as the chart renders it
+from llm_serving.serve_config import IMPORT_PATH, serve_application
+
 DEFAULT_PROFILE = Path("values") / "dev-cpu.yaml"
 
 
 class ConfigFileError(ValueError):
-    """The file cannot be read as app args; the message names the file and what was expected."""
+    """The file holds no app to run; the message names the file and what was expected."""
 
 
-def app_args_from_document(document: Any, source: str) -> Dict[str, Any]:
-    """Take the app's args out of one of three shapes:
+def application_from_document(document: Any, source: str) -> Dict[str, Any]:
+    """The Serve application (see llm_serving.serve_config) one of three shapes describes:
 
-    - a values profile (the chart's values): its `app:` block;
-    - a Serve config (e.g. a RayService's rendered serveConfigV2): the `args` of the application
-      whose import_path is llm_serving.app:build_app, with `traffic` taken back from the gateway
-      deployment's `user_config` where the chart puts it;
-    - the args themselves (a mapping with `models:`).
+    - a Serve config (e.g. a RayService's serveConfigV2, as `helm template` renders it): its
+      application whose import_path is llm_serving.app:build_app, exactly as given;
+    - a values profile (the chart's values): its `app:` block, rendered as the chart renders it;
+    - a bare `app:` block (a mapping with `models:`), rendered the same way.
     """
     if not isinstance(document, dict):
         raise ConfigFileError(f"{source}: expected a YAML mapping, got {type(document).__name__}")
     if "applications" in document:
-        for application in document["applications"] or []:
-            if application.get("import_path") == IMPORT_PATH:
-                return _args_of_serve_application(application, source)
-        raise ConfigFileError(f"{source}: no application with import_path {IMPORT_PATH}")
+        ours = [
+            a for a in document["applications"] or [] if isinstance(a, dict) and a.get("import_path") == IMPORT_PATH
+        ]
+        if len(ours) != 1:
+            found = "no application" if not ours else f"{len(ours)} applications"
+            raise ConfigFileError(f"{source}: expected one application with import_path {IMPORT_PATH}, found {found}")
+        others = len(document["applications"]) - 1
+        if others:
+            raise ConfigFileError(
+                f"{source}: has {others} other application(s); llm-serving serve runs only the {IMPORT_PATH} one, "
+                "remove the others"
+            )
+        return ours[0]
     if "app" in document:
-        return document["app"]
+        if not isinstance(document["app"], dict):
+            raise ConfigFileError(f"{source}: `app:` must be a mapping (the app's models, gateway, rag and traffic)")
+        return serve_application(document["app"])
     if "models" in document:
-        return document
+        return serve_application(document)
     raise ConfigFileError(
-        f"{source}: found none of `app:` (values profile), `applications:` (Serve config) or `models:` (app args)"
+        f"{source}: found none of `app:` (values profile), `applications:` (Serve config) or `models:` (app block)"
     )
 
 
-def _args_of_serve_application(application: Dict[str, Any], source: str) -> Dict[str, Any]:
-    args = dict(application.get("args") or {})
-    traffic_from = "args.traffic" if "traffic" in args else None
-    for deployment in application.get("deployments") or []:
-        name = deployment.get("name", "?")
-        unread = sorted(set(deployment) - {"name", "user_config"})
-        if unread:
-            raise ConfigFileError(
-                f"{source}: deployments.{name} sets {', '.join(unread)}; only the gateway's user_config "
-                "(the traffic config) is read from `deployments:`, set replicas and resources under `models`"
-            )
-        if "user_config" in deployment:
-            if traffic_from:
-                raise ConfigFileError(
-                    f"{source}: the traffic config is set twice, in {traffic_from} and in "
-                    f"deployments.{name}.user_config; keep one"
-                )
-            args["traffic"] = deployment["user_config"] or {}
-            traffic_from = f"deployments.{name}.user_config"
-    return args
-
-
-def load_app_args(path: Path) -> Dict[str, Any]:
+def load_application(path: Path) -> Dict[str, Any]:
     try:
         document = yaml.safe_load(path.read_text())
     except OSError as error:
         raise ConfigFileError(f"cannot read {path}: {error.strerror}") from None
     except yaml.YAMLError as error:
         raise ConfigFileError(f"{path} is not valid YAML: {error}") from None
-    return app_args_from_document(document, str(path))
+    return application_from_document(document, str(path))
 
 
 def find_default_profile() -> Optional[Path]:

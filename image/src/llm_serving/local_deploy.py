@@ -26,6 +26,7 @@ from ray.serve.schema import (
 )
 
 from llm_serving._ray import serve_controller_client
+from llm_serving.serve_config import GATEWAY_DEPLOYMENT
 
 POLL_INTERVAL_S = 0.5
 
@@ -91,7 +92,7 @@ class LocalDeployer:
         # deployment's target user_config is the new one (set by the loop together with its
         # status) and, when args changed (a rebuild), the application went through DEPLOYING.
         # Status is cheap to poll; the details (with the user_config) are read only once RUNNING.
-        (gateway,) = application["deployments"]
+        user_config = _gateway_user_config(application)
         went_through_deploying = not rebuilds
         while True:
             state = serve.status().applications.get(application["name"])
@@ -101,19 +102,27 @@ class LocalDeployer:
                     raise DeployFailed(state.message)
                 if state.status != ApplicationStatus.RUNNING:
                     went_through_deploying = True
-                elif went_through_deploying and self._user_config_in_force(application["name"], gateway):
+                elif went_through_deploying and self._user_config_in_force(application["name"], user_config):
                     return
             time.sleep(POLL_INTERVAL_S)
 
-    def _user_config_in_force(self, app_name: str, gateway: Dict[str, Any]) -> bool:
+    def _user_config_in_force(self, app_name: str, user_config: Optional[Dict[str, Any]]) -> bool:
         """From one snapshot of the details: still RUNNING, with the new user_config as target."""
         application = self._details().applications.get(app_name)
-        deployment = application.deployments.get(gateway["name"]) if application else None
+        deployment = application.deployments.get(GATEWAY_DEPLOYMENT) if application else None
         return (
             deployment is not None
             and application.status == ApplicationStatus.RUNNING
-            and (deployment.deployment_config.user_config or {}) == gateway["user_config"]
+            and (user_config is None or (deployment.deployment_config.user_config or {}) == user_config)
         )
+
+
+def _gateway_user_config(application: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The Gateway's user_config the application sets, or None when it sets none."""
+    for deployment in application.get("deployments") or []:
+        if deployment.get("name") == GATEWAY_DEPLOYMENT and "user_config" in deployment:
+            return deployment["user_config"] or {}
+    return None
 
 
 def _without_deployments(application: Dict[str, Any]) -> Dict[str, Any]:

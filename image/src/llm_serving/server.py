@@ -18,7 +18,8 @@ class GatewayLLMServer(LLMServer):
     """LLMServer that resolves `builtin://` sources on the node that loads the weights and, when it
     is the ingress itself (direct streaming, one model), wraps vLLM's app in the gateway."""
 
-    async def __init__(self, llm_config, *, gateway: Optional[Dict[str, Any]] = None, **kwargs):
+    # Serve awaits an async __init__ (LLMServer's own is one); mypy knows only the plain kind.
+    async def __init__(self, llm_config, *, gateway: Optional[Dict[str, Any]] = None, **kwargs):  # type: ignore[misc]
         source = llm_config.model_loading_config.model_source
         if isinstance(source, str):
             llm_config = llm_config.model_copy(deep=True)
@@ -30,9 +31,7 @@ class GatewayLLMServer(LLMServer):
         # Read the keys before the engine loads, so a missing Secret fails the replica at once.
         self._key_store = key_store_for(self._gateway_config) if self._gateway_config else None
         self._traffic = (
-            TrafficControl(self._gateway_config, [self._model_id], self._key_store)
-            if self._gateway_config
-            else None
+            TrafficControl(self._gateway_config, [self._model_id], self._key_store) if self._gateway_config else None
         )
         await super().__init__(llm_config, **kwargs)
 

@@ -1,9 +1,14 @@
 """The live part of the app's config: aliases with weighted variants, sticky identity, per-key limits.
 
-It is `args.traffic` of `llm_serving.app:build_app`, but it reaches the replicas as the gateway
-deployment's Ray Serve `user_config` (the chart renders it into serveConfigV2 `deployments:`),
-so changing it is a `reconfigure` of the running replicas, never a restart of an engine: Serve
-restarts every replica when an application's `args` change, not when a `user_config` does.
+It is `app.traffic` of a values profile, and it reaches the replicas as the Gateway deployment's
+Ray Serve `user_config` (llm_serving.serve_config renders it there, as the chart does), so changing
+it is a `reconfigure` of the running replicas, never a restart of an engine: Serve restarts every
+replica when an application's `args` change, not when a `user_config` does.
+
+`parse_traffic_config` is its one validation: the replica runs it on every reconfigure, and
+`llm-serving serve` runs it before deploying. The chart repeats the cross-field checks at
+`helm template` time (templates/validate.yaml), pinned to the same messages by
+tests/cases/invalid_traffic.yaml.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Optional
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from typing_extensions import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from llm_serving.config import ConfigError, validation_problems
 
 IDENTITY_SOURCE_PATTERN = r"^(header:[A-Za-z0-9-]{1,64}|user|api_key)$"
 
@@ -96,9 +102,9 @@ class LimitsConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _one_redis_source(self) -> "LimitsConfig":
+    def _one_redis_source(self) -> LimitsConfig:
         if self.redis_url and self.redis_url_env:
-            raise ValueError("set only one of limits.redis_url and limits.redis_url_env")
+            raise ValueError("set only one of redis_url and redis_url_env")
         return self
 
 
@@ -131,32 +137,49 @@ class TrafficConfig(_Strict):
     def _identity_sources(cls, value: List[str]) -> List[str]:
         for source in value:
             if not re.match(IDENTITY_SOURCE_PATTERN, source):
-                raise ValueError(
-                    f"sticky_identity entry {source!r} is not one of header:<name>, user, api_key"
-                )
+                raise ValueError(f"sticky_identity entry {source!r} is not one of header:<name>, user, api_key")
         return value
 
-    def check_against_models(self, model_names: List[str], where: str = "traffic") -> None:
-        """Cross-field rules that need the served models; raises ValueError naming the key and fix."""
+    def problems_with_models(self, model_names: List[str]) -> List[str]:
+        """Cross-field rules that need the served models: one line per problem, naming the key."""
         served = set(model_names)
+        served_list = ", ".join(sorted(served))
+        problems = []
         for alias, config in self.aliases.items():
+            where = f"traffic.aliases.{alias}"
             if alias in served:
-                raise ValueError(
-                    f"{where}.aliases.{alias}: the alias has the name of a served model; rename the alias"
-                )
+                problems.append(f"{where}: the alias has the name of a served model; rename the alias")
             unknown = sorted(set(config.variants) - served)
             if unknown:
-                raise ValueError(
-                    f"{where}.aliases.{alias}.variants: {', '.join(unknown)} not served; "
-                    f"variants must be keys under `models` ({', '.join(sorted(served))})"
+                problems.append(
+                    f"{where}.variants: {', '.join(unknown)} not served; variants must be served models ({served_list})"
                 )
             if config.shadow is not None and config.shadow.variant not in served:
-                raise ValueError(
-                    f"{where}.aliases.{alias}.shadow.variant: {config.shadow.variant} not served; "
-                    f"it must be a key under `models` ({', '.join(sorted(served))})"
+                problems.append(
+                    f"{where}.shadow.variant: {config.shadow.variant} not served; "
+                    f"it must be a served model ({served_list})"
                 )
+        return problems
 
 
-def traffic_config_from_user_config(user_config: Any) -> TrafficConfig:
-    """Validate a Serve user_config into a TrafficConfig (raises pydantic's ValidationError)."""
-    return TrafficConfig.model_validate(user_config or {})
+class TrafficConfigError(ConfigError):
+    """A traffic config that does not validate; `problems` has one line per bad key."""
+
+    def __init__(self, problems: List[str]):
+        self.problems = problems
+        super().__init__(
+            "\n".join([f"invalid traffic config ({len(problems)} problem(s)):"] + [f"  - {p}" for p in problems])
+        )
+
+
+def parse_traffic_config(user_config: Any, model_names: List[str]) -> TrafficConfig:
+    """The one validation of a traffic config (a Serve user_config; None or {} is the default)
+    against the models the app serves; raises TrafficConfigError."""
+    try:
+        config = TrafficConfig.model_validate(user_config or {})
+    except ValidationError as error:
+        raise TrafficConfigError(validation_problems(error, root="traffic")) from None
+    problems = config.problems_with_models(model_names)
+    if problems:
+        raise TrafficConfigError(problems)
+    return config
