@@ -18,11 +18,11 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from pydantic import ValidationError
 from starlette.types import Message, Send
 
-from llm_serving.config import GatewayConfig, format_validation_error
+from llm_serving.config import GatewayConfig
 from llm_serving.gateway.api_keys import ApiKeyStore
+from llm_serving.gateway.asgi import rewrite_response_body, with_response_headers
 from llm_serving.gateway.errors import GatewayError
 from llm_serving.gateway.limits import (
     Admission,
@@ -33,7 +33,7 @@ from llm_serving.gateway.limits import (
     reserved_tokens,
 )
 from llm_serving.gateway.routing import AliasTable, caller_identity, choose_variant
-from llm_serving.traffic_config import TrafficConfig, traffic_config_from_user_config
+from llm_serving.traffic_config import TrafficConfig, parse_traffic_config
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +81,7 @@ class TrafficControl:
                     sorted(state.config.limits.keys) or "no key")
 
     def _build(self, user_config: Any):
-        try:
-            config = traffic_config_from_user_config(user_config)
-        except ValidationError as error:
-            raise ValueError(format_validation_error(error, root="traffic")) from None
-        config.check_against_models(self._model_names)
+        config = parse_traffic_config(user_config, self._model_names)  # raises TrafficConfigError
         keys = None
         if self._key_store is not None and config.keys_revision != self.state.config.keys_revision:
             # Re-read the keys sources (a changed Secret); a bad document raises KeysFileError.
@@ -152,12 +148,8 @@ async def settle(state: TrafficState, admission: Optional[Admission], prompt: Op
 
 
 def with_variant_header(send: Send, variant: str) -> Send:
-    async def add_header(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), (VARIANT_HEADER, variant.encode())]}
-        await send(message)
-
-    return add_header
+    """Name the variant that served an alias request (errors included) in a response header."""
+    return with_response_headers(send, lambda headers: [*headers, (VARIANT_HEADER, variant.encode())])
 
 
 def shadow_target(state: TrafficState, alias: str, served_by: str,
@@ -185,32 +177,13 @@ def alias_card(alias: str) -> Dict[str, Any]:
 
 def with_aliases_listed(send: Send, aliases: List[str]) -> Send:
     """Append the aliases to a `GET /v1/models` list (whichever app produced it)."""
-    start: Optional[Message] = None
-    chunks: List[bytes] = []
 
-    async def listed(message: Message) -> None:
-        nonlocal start
-        if message["type"] == "http.response.start":
-            if message["status"] != 200:
-                await send(message)
-                return
-            start = message
-            return
-        if start is None or message["type"] != "http.response.body":
-            await send(message)
-            return
-        chunks.append(message.get("body", b""))
-        if message.get("more_body", False):
-            return
-        body = b"".join(chunks)
+    def listed(start: Message, body: bytes) -> bytes:
         try:
             listing = json.loads(body)
             listing["data"] += [alias_card(alias) for alias in aliases]
-            body = json.dumps(listing).encode()
+            return json.dumps(listing).encode()
         except (ValueError, KeyError, TypeError, AttributeError):
-            pass  # not a list we understand: pass it on unchanged
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+            return body  # not a list we understand: pass it on unchanged
 
-    return listed
+    return rewrite_response_body(send, lambda start: start["status"] == 200, listed)

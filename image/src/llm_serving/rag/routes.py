@@ -9,13 +9,21 @@ system message; the response is the ordinary one plus a `rag` object naming the 
 from __future__ import annotations
 
 import json
-import re
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, Tuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llm_serving.gateway.asgi import (
+    parse_json,
+    parse_json_object,
+    read_body,
+    replay_body,
+    rewrite_response_body,
+    with_body,
+)
 from llm_serving.gateway.errors import GatewayError, send_json
-from llm_serving.gateway.middleware import API_KEY_SCOPE, RAG_PATH_PREFIX, replay_body, with_content_length
+from llm_serving.gateway.middleware import API_KEY_SCOPE
+from llm_serving.rag.endpoints import RAG_ENDPOINTS, RAG_PATH_PREFIX, match_rag_endpoint
 from llm_serving.rag.prompt import build_rag_messages, retrieval_query
 from llm_serving.rag.service import (
     AddDocumentsRequest,
@@ -36,14 +44,12 @@ class RagRoutes:
     def __init__(self, app: ASGIApp, service: RagService):
         self.app = app
         self.service = service
-        collection = r"/v1/rag/collections/(?P<name>[^/]+)"
-        self._routes: List[Tuple[re.Pattern, Dict[str, Handler]]] = [
-            (re.compile(r"/v1/rag/collections"), {"GET": self._list_collections, "POST": self._create_collection}),
-            (re.compile(collection), {"GET": self._get_collection, "DELETE": self._delete_collection}),
-            (re.compile(collection + r"/documents"), {"POST": self._add_documents}),
-            (re.compile(collection + r"/documents/(?P<document_id>.+)"), {"DELETE": self._delete_document}),
-            (re.compile(collection + r"/search"), {"POST": self._search}),
-        ]
+        # Each operation of the route table, bound here so a name without a handler fails at start.
+        self._handlers: Dict[str, Handler] = {
+            operation: getattr(self, f"_{operation}")
+            for endpoint in RAG_ENDPOINTS
+            for operation in endpoint.operations.values()
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,8 +61,8 @@ class RagRoutes:
                 await self._rag_api(scope, receive, send)
                 return
             if path == CHAT_PATH and scope["method"] == "POST":
-                body = await _read_body(receive)
-                payload = _json_object(body)
+                body = await read_body(scope, receive)  # the gateway outside has applied the size limit
+                payload = parse_json(body)  # not an object: the app refuses it as it would without `rag`
                 if isinstance(payload, dict) and RAG_FIELD in payload:
                     await self._rag_chat(scope, payload, receive, send)
                     return
@@ -69,24 +75,20 @@ class RagRoutes:
     # /v1/rag/...
 
     async def _rag_api(self, scope: Scope, receive: Receive, send: Send) -> None:
-        for pattern, methods in self._routes:
-            match = pattern.fullmatch(scope["path"])
-            if match is None:
-                continue
-            handler = methods.get(scope["method"])
-            if handler is None:
-                raise GatewayError(
-                    405, f"{scope['method']} is not allowed here; use {', '.join(methods)}.", code="method_not_allowed"
-                )
-            payload = None
-            if scope["method"] == "POST":
-                payload = _json_object(await _read_body(receive))
-                if not isinstance(payload, dict):
-                    raise GatewayError(400, "Request body must be a JSON object.", code="invalid_json")
-            status, result = await handler(scope, payload, **match.groupdict())
-            await send_json(send, status, json.dumps(result).encode())
-            return
-        raise GatewayError(404, f"No RAG endpoint at {scope['path']}; see /v1/rag/collections.", code="not_found")
+        matched = match_rag_endpoint(scope["path"])
+        if matched is None:
+            raise GatewayError(404, f"No RAG endpoint at {scope['path']}; see /v1/rag/collections.", code="not_found")
+        endpoint, names = matched
+        operation = endpoint.operations.get(scope["method"])
+        if operation is None:
+            raise GatewayError(
+                405,
+                f"{scope['method']} is not allowed here; use {', '.join(endpoint.operations)}.",
+                code="method_not_allowed",
+            )
+        payload = parse_json_object(await read_body(scope, receive)) if scope["method"] == "POST" else None
+        status, result = await self._handlers[operation](scope, payload, **names)
+        await send_json(send, status, json.dumps(result).encode())
 
     def _check_key(self, scope: Scope, model: str) -> None:
         api_key = scope.get(API_KEY_SCOPE)
@@ -144,102 +146,73 @@ class RagRoutes:
         options = parse_request(RagChatOptions, payload.pop(RAG_FIELD))
         top_k = self.service.top_k(options.top_k)
         messages = payload.get("messages")
-        query = retrieval_query(messages) if isinstance(messages, list) else None
-        if query is None:
+        if not isinstance(messages, list) or (query := retrieval_query(messages)) is None:
             raise GatewayError(
-                400, "A chat with `rag` needs a user message with text to search for.", code="invalid_request",
+                400,
+                "A chat with `rag` needs a user message with text to search for.",
+                code="invalid_request",
                 param="messages",
             )
         collection = await self._collection(scope, options.collection)
         hits = await self.service.search(collection, query, None, top_k)
         payload["messages"], used = build_rag_messages(
-            messages, [hit["text"] for hit in hits], self.service.config.instructions,
+            messages,
+            [hit["text"] for hit in hits],
+            self.service.config.instructions,
             self.service.config.max_context_chars,
         )
         rag = {
             "collection": options.collection,
             "citations": [{"index": number, **hit} for number, hit in enumerate(hits[:used], start=1)],
         }
-        body = json.dumps(payload).encode()
-        scope = with_content_length(scope, len(body))
-        await self.app(scope, replay_body(body, receive), _with_rag_field(send, rag))
+        scope, receive = with_body(scope, receive, json.dumps(payload).encode())
+        await self.app(scope, receive, _with_rag_field(send, rag))
 
 
 def _collection_object(collection: Dict[str, Any]) -> Dict[str, Any]:
     return {"id": collection["name"], "object": "rag.collection", **collection}
 
 
-def _with_rag_field(send: Send, rag: Dict[str, Any]) -> Callable[[Message], Awaitable[None]]:
+def _with_rag_field(send: Send, rag: Dict[str, Any]) -> Send:
     """Add `rag` to a successful response: to the JSON completion, or to the first SSE chunk."""
-    start: Optional[Message] = None
-    mode = ""  # "json" (buffer and rewrite), "stream" (rewrite the first event) or "pass"
-    buffered: List[bytes] = []
+
+    def is_completion(start: Message) -> bool:
+        return start["status"] == 200 and _content_type(start).startswith(b"application/json")
+
+    def with_rag(start: Message, body: bytes) -> bytes:
+        return json.dumps({**json.loads(body), RAG_FIELD: rag}).encode()
+
+    return rewrite_response_body(_with_rag_on_first_event(send, rag), is_completion, with_rag)
+
+
+def _with_rag_on_first_event(send: Send, rag: Dict[str, Any]) -> Send:
+    """In a successful stream, hold bytes until the first complete event, put `rag` into it, then
+    pass everything through as it comes."""
+    streaming = False
     pending = b""
 
     async def rewritten(message: Message) -> None:
-        nonlocal start, mode, pending
+        nonlocal streaming, pending
         if message["type"] == "http.response.start":
-            headers = dict(message.get("headers", []))
-            content_type = headers.get(b"content-type", b"")
-            if message["status"] != 200:
-                mode = "pass"
-            elif content_type.startswith(b"text/event-stream"):
-                mode = "stream"
-            elif content_type.startswith(b"application/json"):
-                mode, start = "json", message
+            streaming = message["status"] == 200 and _content_type(message).startswith(b"text/event-stream")
+        elif message["type"] == "http.response.body" and streaming:
+            pending += message.get("body", b"")
+            end = pending.find(b"\n\n")
+            if end < 0 and message.get("more_body", False):
                 return
-            else:
-                mode = "pass"
-            await send(message)
-            return
-        if message["type"] != "http.response.body" or mode == "pass":
-            await send(message)
-            return
-        if mode == "json":
-            buffered.append(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            completion = json.loads(b"".join(buffered))
-            completion[RAG_FIELD] = rag
-            body = json.dumps(completion).encode()
-            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
-            return
-        # Stream: hold bytes until the first complete event, put `rag` into it, then pass through.
-        pending += message.get("body", b"")
-        more = message.get("more_body", False)
-        end = pending.find(b"\n\n")
-        if end < 0 and more:
-            return
-        if end >= 0 and pending.startswith(b"data: {"):
-            event = json.loads(pending[len(b"data: ") : end])
-            event[RAG_FIELD] = rag
-            pending = b"data: " + json.dumps(event).encode() + pending[end:]
-        await send({**message, "body": pending})
-        pending = b""
-        mode = "pass"
+            if end >= 0 and pending.startswith(b"data: {"):
+                event = json.loads(pending[len(b"data: ") : end])
+                event[RAG_FIELD] = rag
+                pending = b"data: " + json.dumps(event).encode() + pending[end:]
+            message = {**message, "body": pending}
+            streaming, pending = False, b""
+        await send(message)
 
     return rewritten
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _json_object(body: bytes) -> Any:
-    try:
-        return json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise GatewayError(400, f"Request body is not valid JSON: {error}", code="invalid_json") from None
+def _content_type(start: Message) -> bytes:
+    return dict(start.get("headers", [])).get(b"content-type", b"")
 
 
 def rag_layer(app: ASGIApp, rag: Dict[str, Any], model_handles: Dict[str, Any], store: Any) -> ASGIApp:
