@@ -35,6 +35,7 @@ async def inner_error(request: Request):
         {"error": {"message": "Message: max_tokens must be at least 1 (Request ID: 42), Internal exception: X",
                    "type": "OpenAIHTTPException", "param": None, "code": 400}},
         status_code=400,
+        headers={"x-request-id": "42"},
     )
 
 
@@ -180,9 +181,13 @@ def test_model_not_ready_gets_503_with_retry_after_and_readyz_says_which():
 def test_inner_error_bodies_are_rewritten_into_openai_shape():
     async def run():
         async with client() as c:
-            error = assert_openai_error(await post(c, {"model": "chat"}, path="/v1/fail"), 400, None)
+            response = await post(c, {"model": "chat"}, path="/v1/fail")
+            error = assert_openai_error(response, 400, None)
             assert error == {"message": "max_tokens must be at least 1", "type": "invalid_request_error",
                              "param": None, "code": None}
+            # The rest of the inner app's answer stays; its length is the rewritten body's.
+            assert response.headers["x-request-id"] == "42"
+            assert int(response.headers["content-length"]) == len(response.content)
 
     call(run())
 

@@ -120,6 +120,13 @@ def test_limits_answer_429_with_retry_after(tmp_path):
     assert "team-a" in error["message"] and "2 requests per 3600 s" in error["message"]
 
 
+def test_a_refused_alias_request_still_names_its_variant(tmp_path):
+    app, _, _ = gateway(tmp_path, {**CANARY, "limits": {"window_seconds": 3600, "keys": {"team-a": {"requests": 1}}}})
+    assert chat(app).status_code == 200
+    refused = chat(app)
+    assert refused.status_code == 429 and refused.headers["x-llm-serving-variant"] in {"chat-v1", "chat-v2"}
+
+
 def test_token_limit_settles_from_usage(tmp_path):
     app, _, _ = gateway(tmp_path, {"limits": {"window_seconds": 3600, "default": {"tokens": 14}}})
     # Each answer uses 3 + 4 = 7 tokens: two fit, the third is refused.

@@ -4,8 +4,10 @@
 - One model with direct streaming: it wraps vLLM's own app inside the engine replica, so auth and
   errors cost no extra hop and the fast path stays fast.
 
-Order of checks: health endpoints (no auth), size limit (413), auth (401), JSON body and `model`
-(400), unknown model (404), key not allowed for the model (403), model not ready (503).
+Order of checks: health endpoints (no auth), auth (401), then the route's handler: size limit (413),
+JSON body and `model` (400), unknown model (404), key not allowed for the model (403), model not
+ready (503), the key's limits (429). Handlers only prepare a request (or answer it themselves);
+forwarding, settling the limits and recording are common to all, and responses stream through.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Dict, List, Optional, Set, Tuple
 
 from starlette.middleware.cors import CORSMiddleware
@@ -20,10 +23,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.api_keys import ApiKey, ApiKeyStore, bearer_token
+from llm_serving.gateway.asgi import (
+    Headers,
+    header,
+    is_json_request,
+    parse_json_object,
+    read_body,
+    replay_body,
+    rewrite_response_body,
+    with_body,
+    with_response_headers,
+)
 from llm_serving.gateway.errors import GatewayError, openai_error_from_body, send_json
+from llm_serving.gateway.limits import Admission
 from llm_serving.gateway.metrics import ANONYMOUS, Exchange, route_label
 from llm_serving.gateway.traffic import (
     TrafficControl,
+    TrafficState,
     admit,
     alias_card,
     resolve_alias,
@@ -33,14 +49,13 @@ from llm_serving.gateway.traffic import (
     with_aliases_listed,
     with_variant_header,
 )
+from llm_serving.rag.endpoints import RAG_PATH_PREFIX
 
 LIVENESS_PATH = "/healthz"
 READINESS_PATH = "/readyz"
 # Paths any caller may reach: our probes and vLLM's own health check.
 UNAUTHENTICATED_PATHS = {LIVENESS_PATH, READINESS_PATH, "/health"}
-# The RAG API (llm_serving.rag) names collections, not models: auth and limits apply, the model
-# checks do not (the RAG layer checks the key against each collection's embedding model).
-RAG_PATH_PREFIX = "/v1/rag/"
+MODELS_PATH = "/v1/models"
 MODEL_PATH_PREFIX = "/v1/models/"
 # Where the authenticated ApiKey is left in the ASGI scope for the layers inside the gateway.
 API_KEY_SCOPE = "llm_serving.api_key"
@@ -52,6 +67,26 @@ logger = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Dict[str, bool]]
 Recorder = Callable[[Exchange], None]
+
+
+@dataclass
+class _Request:
+    """One request on its way through the gateway. Its route's handler checks it and may rewrite what
+    the app gets (scope, body, send) and count it against the key's limits."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    exchange: Exchange
+    traffic: Optional[TrafficState]
+    api_key: Optional[ApiKey]
+    admission: Optional[Admission] = None
+    mirror: Optional[Tuple[str, str, bytes]] = None  # (alias, shadow model, body) of a shadow copy
+
+
+# A route handler: raises GatewayError to refuse the request; returns a body when the gateway
+# answers itself, None when the (prepared) request goes on to the app.
+RouteHandler = Callable[[_Request], Awaitable[Optional[bytes]]]
 
 
 class GatewayMiddleware:
@@ -77,79 +112,112 @@ class GatewayMiddleware:
         # Aliases, sticky variants and per-key limits; swapped whole on reconfigure.
         self.traffic = traffic
         self._shadows_in_flight: Set[asyncio.Task] = set()
+        # Probes answer before auth and are not counted.
+        self._probes = {LIVENESS_PATH: self._send_liveness, READINESS_PATH: self._send_readiness}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        if path == LIVENESS_PATH:
-            await send_json(send, 200, b'{"status":"ok"}')
+        probe = self._probes.get(scope["path"])
+        if probe is not None:
+            await probe(send)
             return
-        if path == READINESS_PATH:
-            await self._send_readiness(send)
-            return
-        exchange = Exchange(route=route_label(path))
+        exchange = Exchange(route=route_label(scope["path"]))
         traffic = self.traffic.state if self.traffic is not None else None
-        admission = None
-        alias_answer: Optional[bytes] = None
-        mirror: Optional[Tuple[str, str, bytes]] = None  # (alias, shadow model, body) of a shadow copy
+        request = _Request(scope, receive, send, exchange, traffic, api_key=None)
         try:
-            api_key = self._authenticate(scope) if path not in UNAUTHENTICATED_PATHS else None
-            exchange.api_key = api_key.name if api_key else ANONYMOUS
-            scope[API_KEY_SCOPE] = api_key
-            if path.startswith(RAG_PATH_PREFIX):
-                payload = {}
-                if scope["method"] == "POST" and _is_json(scope):
-                    body = await self._read_body(scope, receive)
-                    payload = self._parse(body)  # size limit and JSON errors as for every other route
-                    receive = replay_body(body, receive)
-                if traffic is not None:  # the key's requests and concurrency limits (RAG reports no tokens)
-                    admission = await admit(traffic, exchange.api_key, payload)
-            elif scope["method"] == "POST" and _is_json(scope):
-                body = await self._read_body(scope, receive)
-                payload = self._parse(body)
-                alias = payload.get("model")
-                variant = self._resolve_alias(traffic, payload, scope, api_key) if traffic else None
-                exchange.variant = self._check_model(payload, api_key, via_alias=variant is not None)
-                exchange.model = alias if variant is not None else exchange.variant
-                if variant is not None:
-                    body = json.dumps(payload).encode()  # `model` rewritten to the variant
-                    scope = with_content_length(scope, len(body))
-                    send = with_variant_header(send, variant)
-                    mirror_to = shadow_target(traffic, alias, variant)
-                    if mirror_to is not None:
-                        mirror = (alias, mirror_to, shadow_body(payload, mirror_to))
-                forwarded = exchange.request_usage_in_stream(payload, body)
-                if forwarded is not body:
-                    scope = with_content_length(scope, len(forwarded))
-                receive = replay_body(forwarded, receive)
-                if traffic is not None:
-                    admission = await admit(traffic, exchange.api_key, payload)
-            elif traffic is not None and traffic.aliases and path == "/v1/models" and scope["method"] == "GET":
-                send = with_aliases_listed(send, traffic.aliases.names)
-            elif (traffic is not None and scope["method"] == "GET" and path.startswith(MODEL_PATH_PREFIX)
-                  and path[len(MODEL_PATH_PREFIX):] in traffic.aliases):
-                # The gateway's own answer: the engines do not know the alias.
-                exchange.model = path[len(MODEL_PATH_PREFIX):]
-                alias_answer = json.dumps(alias_card(exchange.model)).encode()
+            request.api_key = self._authenticate(scope) if scope["path"] not in UNAUTHENTICATED_PATHS else None
+            exchange.api_key = request.api_key.name if request.api_key else ANONYMOUS
+            scope[API_KEY_SCOPE] = request.api_key
+            handler = self._route(scope, traffic)
+            answer = await handler(request) if handler is not None else None
         except GatewayError as error:
             exchange.status = error.status
-            await error.send(send)
+            await error.send(request.send)  # with the variant header when the alias was resolved
             self._record(exchange)
             return
-        if alias_answer is not None:
+        if answer is not None:
             exchange.status = 200
-            await send_json(send, 200, alias_answer)
+            await send_json(request.send, 200, answer)
             self._record(exchange)
             return
-        if mirror is not None:  # admitted: the copy goes out beside the request
-            self._mirror(scope, *mirror)
+        await self._forward(request)
+
+    def _route(self, scope: Scope, traffic: Optional[TrafficState]) -> Optional[RouteHandler]:
+        """The handler for a request; None: the app gets it as it came (after auth)."""
+        method, path = scope["method"], scope["path"]
+        if path.startswith(RAG_PATH_PREFIX):
+            return self._handle_rag
+        if method == "POST" and is_json_request(scope):
+            return self._handle_inference
+        if method == "GET" and traffic is not None and traffic.aliases:
+            if path == MODELS_PATH:
+                return self._handle_model_list
+            if path.startswith(MODEL_PATH_PREFIX) and path[len(MODEL_PATH_PREFIX) :] in traffic.aliases:
+                return self._handle_alias_card
+        return None
+
+    async def _handle_rag(self, request: _Request) -> None:
+        """The RAG API names collections, not models: auth and limits apply, the model checks do not
+        (the RAG layer checks the key against each collection's embedding model)."""
+        payload = {}
+        if request.scope["method"] == "POST" and is_json_request(request.scope):
+            body = await read_body(request.scope, request.receive, self.max_request_bytes)
+            payload = parse_json_object(body)  # size limit and JSON errors as for every other route
+            request.receive = replay_body(body, request.receive)
+        await self._admit(request, payload)  # RAG reports no tokens: the requests and concurrency limits
+
+    async def _handle_inference(self, request: _Request) -> None:
+        """A POST naming a model (or an alias): the body is checked, `model` resolved, and the body the
+        engine gets rewritten where needed (the variant; a usage chunk for streams)."""
+        exchange, traffic = request.exchange, request.traffic
+        body = await read_body(request.scope, request.receive, self.max_request_bytes)
+        payload = parse_json_object(body)
+        requested = payload.get("model")  # resolving an alias rewrites it to the variant
+        variant = self._resolve_alias(traffic, payload, request.scope, request.api_key) if traffic else None
+        exchange.variant = self._check_model(payload, request.api_key, via_alias=variant is not None)
+        exchange.model = exchange.variant
+        forwarded = body
+        if variant is not None and traffic is not None:
+            exchange.model = alias = str(requested)  # an alias: always a string
+            forwarded = json.dumps(payload).encode()  # `model` rewritten to the variant
+            request.send = with_variant_header(request.send, variant)
+            mirror_to = shadow_target(traffic, alias, variant)
+            if mirror_to is not None:
+                request.mirror = (alias, mirror_to, shadow_body(payload, mirror_to))
+        forwarded = exchange.request_usage_in_stream(payload, forwarded)
+        if forwarded is body:
+            request.receive = replay_body(body, request.receive)
+        else:
+            request.scope, request.receive = with_body(request.scope, request.receive, forwarded)
+        await self._admit(request, payload)
+
+    async def _handle_model_list(self, request: _Request) -> None:
+        if request.traffic is not None:
+            request.send = with_aliases_listed(request.send, request.traffic.aliases.names)
+
+    async def _handle_alias_card(self, request: _Request) -> bytes:
+        """The gateway's own answer: the engines do not know the alias."""
+        request.exchange.model = request.scope["path"][len(MODEL_PATH_PREFIX) :]
+        return json.dumps(alias_card(request.exchange.model)).encode()
+
+    async def _admit(self, request: _Request, payload: Dict) -> None:
+        """Count the request against its key's limits (429 when over them); settled in _forward."""
+        if request.traffic is not None:
+            request.admission = await admit(request.traffic, request.exchange.api_key, payload)
+
+    async def _forward(self, request: _Request) -> None:
+        """Hand the admitted request to the app, streaming its response through, then settle the
+        key's limits with the tokens used and record the exchange."""
+        exchange = request.exchange
+        if request.mirror is not None:  # admitted: the copy goes out beside the request
+            self._mirror(request.scope, *request.mirror)
         try:
-            await self.app(scope, receive, exchange.observe(_normalized_responses(send)))
+            await self.app(request.scope, request.receive, exchange.observe(_normalized_responses(request.send)))
         finally:
-            if admission is not None:
-                await settle(traffic, admission, exchange.prompt_tokens, exchange.generated_tokens)
+            if request.admission is not None and request.traffic is not None:
+                await settle(request.traffic, request.admission, exchange.prompt_tokens, exchange.generated_tokens)
             self._record(exchange)
 
     def _mirror(self, scope: Scope, alias: str, variant: str, body: bytes) -> None:
@@ -173,8 +241,7 @@ class GatewayMiddleware:
             pass
 
         try:
-            await self.app(with_content_length(scope, len(body)), replay_body(body, still_connected),
-                           exchange.observe(discard))
+            await self.app(*with_body(scope, still_connected, body), exchange.observe(discard))
         except Exception:
             logger.warning("shadow copy to %s failed", exchange.variant, exc_info=True)
             exchange.status = exchange.status or 500
@@ -188,17 +255,20 @@ class GatewayMiddleware:
         if api_key is not None and not api_key.may_use(alias):
             raise GatewayError(
                 403,
-                f"This API key ({api_key.name}) may not use model `{alias}`. "
-                f"Allowed models: {self._visible(api_key)}.",
+                f"This API key ({api_key.name}) may not use model `{alias}`. Allowed models: {self._visible(api_key)}.",
                 code="model_not_allowed",
                 param="model",
             )
-        return resolve_alias(traffic, payload, lambda name: _header(scope, name.encode()),
-                             api_key.name if api_key else None)
+        return resolve_alias(
+            traffic, payload, lambda name: header(scope, name.encode()), api_key.name if api_key else None
+        )
 
     def _record(self, exchange: Exchange) -> None:
         if self.record is not None:
             self.record(exchange)
+
+    async def _send_liveness(self, send: Send) -> None:
+        await send_json(send, 200, b'{"status":"ok"}')
 
     async def _send_readiness(self, send: Send) -> None:
         states = self.readiness() if self.readiness else {name: True for name in self.model_names}
@@ -213,7 +283,7 @@ class GatewayMiddleware:
     def _authenticate(self, scope: Scope) -> Optional[ApiKey]:
         if self.key_store is None:
             return None
-        token = bearer_token(_header(scope, b"authorization"))
+        token = bearer_token(header(scope, b"authorization"))
         if token is None:
             raise GatewayError(
                 401,
@@ -227,35 +297,6 @@ class GatewayMiddleware:
                 401, "Incorrect API key provided.", code="invalid_api_key", headers=[(b"www-authenticate", b"Bearer")]
             )
         return api_key
-
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
-            raise _too_large(self.max_request_bytes)
-        chunks = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_request_bytes:
-                raise _too_large(self.max_request_bytes)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
-
-    @staticmethod
-    def _parse(body: bytes) -> Dict:
-        try:
-            payload = json.loads(body) if body else None
-        except (ValueError, UnicodeDecodeError) as error:
-            raise GatewayError(400, f"Request body is not valid JSON: {error}", code="invalid_json") from None
-        if not isinstance(payload, dict):
-            raise GatewayError(400, "Request body must be a JSON object.", code="invalid_json")
-        return payload
 
     def _check_model(self, payload: Dict, api_key: Optional[ApiKey], via_alias: bool = False) -> str:
         """The model the request is for, once it exists, the key may use it and it is ready."""
@@ -281,8 +322,7 @@ class GatewayMiddleware:
         if api_key is not None and not via_alias and not api_key.may_use(model):
             raise GatewayError(
                 403,
-                f"This API key ({api_key.name}) may not use model `{model}`. "
-                f"Allowed models: {self._visible(api_key)}.",
+                f"This API key ({api_key.name}) may not use model `{model}`. Allowed models: {self._visible(api_key)}.",
                 code="model_not_allowed",
                 param="model",
             )
@@ -338,66 +378,19 @@ def build_gateway(
     return with_cors(gateway, config.cors_allow_origins)
 
 
-def _header(scope: Scope, name: bytes) -> Optional[str]:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
-def _is_json(scope: Scope) -> bool:
-    content_type = _header(scope, b"content-type")
-    return content_type is None or content_type.split(";")[0].strip().lower() in ("application/json", "")
-
-
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large"
-    )
-
-
-def with_content_length(scope: Scope, length: int) -> Scope:
-    """The scope with its Content-Length set to a rewritten body's length."""
-    headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != b"content-length"]
-    return {**scope, "headers": [*headers, (b"content-length", str(length).encode())]}
-
-
-def replay_body(body: bytes, receive: Receive) -> Receive:
-    """A receive that hands the already-read body on once, then defers to the client's stream."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-def _normalized_responses(send: Send) -> Callable[[Message], Awaitable[None]]:
+def _normalized_responses(send: Send) -> Send:
     """Pass responses on, dropping the inner apps' CORS headers (our policy is the outer one) and
     rewriting their JSON error bodies into OpenAI's shape."""
-    error_status = 0
-    buffered: List[bytes] = []
+    return with_response_headers(rewrite_response_body(send, _is_json_error, _as_openai_error), _without_cors)
 
-    async def normalized(message: Message) -> None:
-        nonlocal error_status
-        if message["type"] == "http.response.start":
-            headers = [(k, v) for k, v in message.get("headers", []) if not k.lower().startswith(b"access-control-")]
-            if message["status"] >= 400 and (b"content-type", b"application/json") in headers:
-                # Hold the start until the body is rewritten: its length changes.
-                error_status = message["status"]
-                return
-            await send({**message, "headers": headers})
-            return
-        if error_status and message["type"] == "http.response.body":
-            buffered.append(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            await send_json(send, error_status, openai_error_from_body(error_status, b"".join(buffered)))
-            return
-        await send(message)
 
-    return normalized
+def _is_json_error(start: Message) -> bool:
+    return start["status"] >= 400 and (b"content-type", b"application/json") in start.get("headers", [])
+
+
+def _as_openai_error(start: Message, body: bytes) -> bytes:
+    return openai_error_from_body(start["status"], body)
+
+
+def _without_cors(headers: Headers) -> Headers:
+    return [(k, v) for k, v in headers if not k.lower().startswith(b"access-control-")]
