@@ -46,6 +46,16 @@ def test_each_private_attribute_the_door_touches_exists_in_this_ray(module, owne
     assert present, f"{module}.{owner} no longer has `{attribute}`; update the function in llm_serving/_ray.py that uses it"
 
 
+@pytest.mark.parametrize(
+    "module, function, keyword", _ray.PRIVATE_KEYWORDS, ids=[f"{f}({k}=)" for _, f, k in _ray.PRIVATE_KEYWORDS]
+)
+def test_each_private_keyword_the_door_passes_is_still_accepted(module, function, keyword):
+    callable_ = getattr(importlib.import_module(module), function)
+    # A named parameter, or (ray.init's way) a keyword it pops from **kwargs by name.
+    accepted = keyword in inspect.signature(callable_).parameters or f'"{keyword}"' in inspect.getsource(callable_)
+    assert accepted, f"{module}.{function} no longer takes {keyword}; see llm_serving._ray.PRIVATE_KEYWORDS"
+
+
 def test_the_serve_hook_the_engine_server_overrides_is_still_rays():
     # Not private, but undocumented: were it renamed, the direct-streaming engine replica would
     # silently serve vLLM's app without the gateway (no auth, no limits).
@@ -88,6 +98,7 @@ def test_our_accelerator_types_are_the_installed_rays():
 
 def _private_ray_references():
     names = {attribute for _, _, attribute in _ray.PRIVATE_ATTRIBUTES}
+    names |= {keyword for _, _, keyword in _ray.PRIVATE_KEYWORDS}
     names |= {attribute for _, attribute, _ in _ray.PRIVATE_NAMES.values() if attribute and attribute.startswith("_")}
     names |= set(NO_LONGER_USED)
     patterns = [re.escape("ray.llm._internal"), re.escape("ray.serve._private")]

@@ -128,6 +128,20 @@ def __dir__() -> List[str]:
     return sorted(set(globals()) | set(PRIVATE_NAMES))
 
 
+# Private keyword arguments of Ray's public functions that the functions below pass: (Ray module,
+# function, keyword). tests/unit/test_ray_door.py checks each is still accepted.
+PRIVATE_KEYWORDS: Tuple[Tuple[str, str, str], ...] = (("ray", "init", "_metrics_export_port"),)
+
+
+def init_local_ray(*, metrics_export_port: Optional[int], **options: Any) -> None:
+    """ray.init(**options) with Ray's Prometheus endpoint on `metrics_export_port` (None: Ray picks
+    one), as `ray start --metrics-export-port` fixes it on a KubeRay pod; ray.init takes that port
+    only as a private keyword."""
+    import ray
+
+    ray.init(_metrics_export_port=metrics_export_port, **options)
+
+
 # Private attributes, each behind a small named function.
 
 

@@ -111,8 +111,7 @@ def _run_server(args: argparse.Namespace, path: Path, checked, run_directory: Pa
     if args.host not in ALL_INTERFACES:
         _bind_haproxy_to(args.host, run_directory)
 
-    import ray
-
+    from llm_serving._ray import init_local_ray
     from llm_serving.app import uses_direct_streaming
     from llm_serving.local_deploy import DeployFailed, DeploymentProgress, LocalDeployer
 
@@ -122,10 +121,10 @@ def _run_server(args: argparse.Namespace, path: Path, checked, run_directory: Pa
     url = f"http://{args.host}:{args.port}"
     try:
         # address=local: always a fresh cluster of our own, never one that happens to be running.
-        ray.init(
+        init_local_ray(
             address="local",
             num_cpus=num_cpus,
-            _metrics_export_port=args.metrics_port,
+            metrics_export_port=args.metrics_port,
             runtime_env={"worker_process_setup_hook": SETUP_HOOK} if is_loopback(args.host) else None,
         )
         # After ray.init, which installs its own SIGTERM handler: SIGTERM and SIGINT (even where the
