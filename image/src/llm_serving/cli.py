@@ -166,13 +166,13 @@ def _run_server(args: argparse.Namespace, path: Path, checked, run_directory: Pa
 
 
 def _deployment_label(config, direct: bool):
-    """What a progress line calls a deployment: the model it serves, or `gateway`."""
+    """What a progress line calls a deployment: the model it serves, or Gateway in front of several."""
     from llm_serving.serve_config import GATEWAY_DEPLOYMENT
     from llm_serving.server import GatewayLLMServer
 
     def label(deployment: str) -> str:
         if deployment == GATEWAY_DEPLOYMENT:
-            return next(iter(config.models)) if direct else "gateway"
+            return next(iter(config.models)) if direct else deployment
         # Ray Serve LLM names an engine deployment `<server class>:<model id>` (`/` and `.` replaced).
         return deployment.removeprefix(f"{GatewayLLMServer.__name__}:")
 
