@@ -27,6 +27,7 @@ from llm_serving.gateway.errors import GatewayError
 from llm_serving.gateway.limits import (
     Admission,
     InProcessLimiter,
+    Limiter,
     build_limiter,
     close_quietly,
     limits_for,
@@ -44,7 +45,7 @@ VARIANT_HEADER = b"x-llm-serving-variant"
 class TrafficState:
     config: TrafficConfig
     aliases: AliasTable
-    limiter: Any  # InProcessLimiter | RedisLimiter
+    limiter: Limiter
 
 
 class TrafficControl:
@@ -77,8 +78,11 @@ class TrafficControl:
         self._configured = True
         if state.limiter is not old.limiter:
             await close_quietly(old.limiter)
-        logger.info("traffic config applied: aliases %s, limits for %s", state.aliases.names,
-                    sorted(state.config.limits.keys) or "no key")
+        logger.info(
+            "traffic config applied: aliases %s, limits for %s",
+            state.aliases.names,
+            sorted(state.config.limits.keys) or "no key",
+        )
 
     def _build(self, user_config: Any):
         config = parse_traffic_config(user_config, self._model_names)  # raises TrafficConfigError
@@ -104,8 +108,9 @@ class TrafficControl:
         }
 
 
-def resolve_alias(state: TrafficState, payload: Dict, header: Callable[[str], Optional[str]],
-                  api_key_name: Optional[str]) -> Optional[str]:
+def resolve_alias(
+    state: TrafficState, payload: Dict, header: Callable[[str], Optional[str]], api_key_name: Optional[str]
+) -> Optional[str]:
     """If the request names an alias, pick its variant, rewrite `model` and return the variant."""
     alias = payload.get("model")
     if not isinstance(alias, str) or alias not in state.aliases:
@@ -139,8 +144,9 @@ async def admit(state: TrafficState, key_name: str, payload: Dict) -> Optional[A
     )
 
 
-async def settle(state: TrafficState, admission: Optional[Admission], prompt: Optional[int],
-                 generated: Optional[int]) -> None:
+async def settle(
+    state: TrafficState, admission: Optional[Admission], prompt: Optional[int], generated: Optional[int]
+) -> None:
     if admission is None:
         return
     used = (prompt or 0) + (generated or 0) if prompt is not None or generated is not None else None
@@ -152,8 +158,9 @@ def with_variant_header(send: Send, variant: str) -> Send:
     return with_response_headers(send, lambda headers: [*headers, (VARIANT_HEADER, variant.encode())])
 
 
-def shadow_target(state: TrafficState, alias: str, served_by: str,
-                  draw: Callable[[], float] = random.random) -> Optional[str]:
+def shadow_target(
+    state: TrafficState, alias: str, served_by: str, draw: Callable[[], float] = random.random
+) -> Optional[str]:
     """The model a copy of this alias request goes to, if it is one of the mirrored share (a copy
     to the variant that already serves it would only double the load)."""
     shadow = state.config.aliases[alias].shadow
