@@ -203,7 +203,11 @@ def test_shadow_copies_reach_the_shadow_engine_and_clients_never_see_them(canary
     while (engine_v2() - engine_before < 20 or copies() - copies_before < 20) and time.monotonic() < deadline:
         time.sleep(2)
     assert engine_v2() - engine_before == 20
-    assert copies() - copies_before == 20
+    shadow_series = {dict(labels).get("status_code"): value for (name, labels), value in scrape(canary.app).items()
+                     if name == "ray_llm_serving_shadow_requests_total" and ("model", SHADOWED) in labels}
+    # Once, 19 of 20 were counted after 90 s while the engine had answered all 20 (not reproduced
+    # since); the counts by status say whether a copy failed, was dropped or was never recorded.
+    assert copies() - copies_before == 20, f"shadow copies by status: {shadow_series}"
 
 
 def test_split_without_identity_follows_the_weights(canary):
