@@ -102,7 +102,7 @@ class TestCapabilities:
 
     def test_renders_when_the_cluster_serves_the_apis(self):
         objects = render.render_chart(CHART, values={"clusterName": "x"}, api_versions=KARPENTER_APIS)
-        assert set(nodepools(objects)) == {"gpu-l4", "gpu-l40s", "cpu"}
+        assert set(nodepools(objects)) == {"gpu-l4", "gpu-l40s", "gpu-l40s-4x", "cpu"}
 
     def test_one_api_is_not_enough(self):
         with pytest.raises(render.HelmError, match="does not serve"):
@@ -120,7 +120,7 @@ class TestPlacementContract:
 
     def test_gpu_pools_are_tainted_and_labelled_with_their_name(self):
         pools = nodepools(render_objects())
-        for name in ("gpu-l4", "gpu-l40s"):
+        for name in ("gpu-l4", "gpu-l40s", "gpu-l40s-4x"):
             template = pools[name]["spec"]["template"]
             assert template["metadata"]["labels"][PLACEMENT_LABEL] == name
             assert template["spec"]["taints"] == [GPU_TAINT]
@@ -142,17 +142,25 @@ class TestPlacementContract:
 
 class TestNodePools:
     def test_default_pools(self):
-        assert set(nodepools(render_objects())) == {"gpu-l4", "gpu-l40s", "cpu"}
+        assert set(nodepools(render_objects())) == {"gpu-l4", "gpu-l40s", "gpu-l40s-4x", "cpu"}
 
     @pytest.mark.parametrize(
-        "pool, families",
-        [("gpu-a10g", ["g5"]), ("gpu-l4", ["g6"]), ("gpu-l40s", ["g6e"]), ("gpu-a100", ["p4d"]), ("gpu-h100", ["p5"]), ("gpu-spot", ["g5", "g6", "g6e"])],
+        "pool, families, gpus",
+        [
+            ("gpu-a10g", ["g5"], "1"), ("gpu-l4", ["g6"], "1"), ("gpu-l40s", ["g6e"], "1"), ("gpu-l40s-4x", ["g6e"], "4"),
+            ("gpu-a100", ["p4d"], "8"), ("gpu-h100", ["p5"], "8"), ("gpu-spot", ["g5", "g6", "g6e"], "1"),
+        ],
     )
-    def test_gpu_instance_families(self, pool, families):
+    def test_gpu_instance_families_and_one_gpu_count(self, pool, families, gpus):
+        """One GPU count per pool: Karpenter cannot pack pending 1-GPU pods onto a 4-GPU node (#5379)."""
         pools = nodepools(render_objects({"nodePools": {pool: {"enabled": True}}}))
         found = requirements(pools[pool])
         assert found["karpenter.k8s.aws/instance-family"] == {"key": "karpenter.k8s.aws/instance-family", "operator": "In", "values": families}
         assert found["karpenter.k8s.aws/instance-gpu-manufacturer"]["values"] == ["nvidia"]
+        assert found["karpenter.k8s.aws/instance-gpu-count"] == {"key": "karpenter.k8s.aws/instance-gpu-count", "operator": "In", "values": [gpus]}
+
+    def test_cpu_pool_has_no_gpu_count(self):
+        assert "karpenter.k8s.aws/instance-gpu-count" not in requirements(nodepools(render_objects())["cpu"])
 
     def test_capacity_type_and_architecture(self):
         pools = nodepools(render_objects({"nodePools": {"gpu-spot": {"enabled": True}}}))
@@ -176,7 +184,7 @@ class TestNodePools:
         assert pool["template"]["spec"]["nodeClassRef"] == {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "gpu"}
 
     def test_a_pool_key_overrides_one_default_including_false_and_zero_like_values(self):
-        pools = nodepools(render_objects({"nodePools": {"gpu-l4": {"expireAfter": "Never", "architectures": ["arm64"]}}}))
+        pools = nodepools(render_objects({"rayImageArchitectures": ["amd64", "arm64"], "nodePools": {"gpu-l4": {"expireAfter": "Never", "architectures": ["arm64"]}}}))
         assert pools["gpu-l4"]["spec"]["template"]["spec"]["expireAfter"] == "Never"
         assert requirements(pools["gpu-l4"])["kubernetes.io/arch"]["values"] == ["arm64"]
         assert pools["gpu-l40s"]["spec"]["template"]["spec"]["expireAfter"] == "720h"
@@ -185,15 +193,15 @@ class TestNodePools:
         assert "gpu-l40s" not in nodepools(render_objects({"nodePools": {"gpu-l40s": {"enabled": False}}}))
 
     def test_a_new_pool_from_a_profile(self):
-        pools = nodepools(render_objects({"nodePools": {"gpu-l4-large": {"enabled": True, "type": "gpu", "instanceFamilies": ["g6"], "requirements": {"karpenter.k8s.aws/instance-gpu-count": {"operator": "Gt", "values": ["3"]}}}}}))
-        assert pools["gpu-l4-large"]["spec"]["template"]["metadata"]["labels"][PLACEMENT_LABEL] == "gpu-l4-large"
-        assert requirements(pools["gpu-l4-large"])["karpenter.k8s.aws/instance-gpu-count"]["operator"] == "Gt"
+        pools = nodepools(render_objects({"nodePools": {"gpu-l4-4x": {"enabled": True, "type": "gpu", "instanceFamilies": ["g6"], "gpusPerNode": 4}}}))
+        assert pools["gpu-l4-4x"]["spec"]["template"]["metadata"]["labels"][PLACEMENT_LABEL] == "gpu-l4-4x"
+        assert requirements(pools["gpu-l4-4x"])["karpenter.k8s.aws/instance-gpu-count"]["values"] == ["4"]
 
 
 class TestDisruption:
     """Serving pods are never evicted to repack nodes; voluntary disruption goes one node at a time."""
 
-    @pytest.mark.parametrize("pool", ["gpu-l4", "gpu-l40s", "cpu"])
+    @pytest.mark.parametrize("pool", ["gpu-l4", "gpu-l40s", "gpu-l40s-4x", "cpu"])
     def test_only_empty_nodes_are_consolidated(self, pool):
         disruption = nodepools(render_objects())[pool]["spec"]["disruption"]
         assert disruption["consolidationPolicy"] == "WhenEmpty"
@@ -220,7 +228,7 @@ class TestEC2NodeClass:
         discovery = [{"tags": {"karpenter.sh/discovery": "llm-prod"}}]
         assert gpu["subnetSelectorTerms"] == discovery and gpu["securityGroupSelectorTerms"] == discovery
         assert gpu["blockDeviceMappings"] == [
-            {"deviceName": "/dev/xvda", "rootVolume": True, "ebs": {"volumeSize": "300Gi", "volumeType": "gp3", "iops": 6000, "throughput": 500, "encrypted": True, "deleteOnTermination": True}}
+            {"deviceName": "/dev/xvda", "rootVolume": True, "ebs": {"volumeSize": "50Gi", "volumeType": "gp3", "iops": 3000, "throughput": 125, "encrypted": True, "deleteOnTermination": True}}
         ]
         assert gpu["instanceStorePolicy"] == "RAID0"
         assert gpu["metadataOptions"]["httpTokens"] == "required" and gpu["metadataOptions"]["httpPutResponseHopLimit"] == 1
@@ -232,7 +240,7 @@ class TestEC2NodeClass:
         assert gpu["amiSelectorTerms"] == [{"alias": "bottlerocket@1.40.0"}]
         devices = {d["deviceName"]: d for d in gpu["blockDeviceMappings"]}
         assert devices["/dev/xvda"]["ebs"]["volumeSize"] == "4Gi" and "rootVolume" not in devices["/dev/xvda"]
-        assert devices["/dev/xvdb"]["rootVolume"] is True and devices["/dev/xvdb"]["ebs"]["volumeSize"] == "300Gi"
+        assert devices["/dev/xvdb"]["rootVolume"] is True and devices["/dev/xvdb"]["ebs"]["volumeSize"] == "50Gi"
 
     def test_instance_profile_instead_of_role(self):
         gpu = nodeclasses(render_objects({"nodeClasses": {"gpu": {"instanceProfile": "gpu-nodes"}}}))["gpu"]["spec"]
@@ -241,6 +249,26 @@ class TestEC2NodeClass:
     def test_only_used_classes_are_rendered(self):
         values = {"nodePools": {"cpu": {"enabled": False}}}
         assert set(nodeclasses(render_objects(values))) == {"gpu"}
+
+
+class TestKeepOnUninstall:
+    """Deleting a NodePool terminates all of its nodes; keepOnUninstall lets Helm leave the pools."""
+
+    def test_off_by_default(self):
+        for obj in render_objects():
+            assert "helm.sh/resource-policy" not in obj["metadata"].get("annotations", {}), obj["metadata"]["name"]
+
+    def test_on_keeps_every_nodepool_and_nodeclass(self):
+        objects = render_objects({"keepOnUninstall": True})
+        assert {o["kind"] for o in objects} == {"NodePool", "EC2NodeClass"}
+        for obj in objects:
+            assert obj["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}, obj["metadata"]["name"]
+
+
+class TestImageArchitectures:
+    def test_a_multi_arch_image_allows_graviton_heads(self):
+        values = {"rayImageArchitectures": ["amd64", "arm64"], "nodePools": {"cpu": {"architectures": ["arm64"]}}}
+        assert requirements(nodepools(render_objects(values))["cpu"])["kubernetes.io/arch"]["values"] == ["arm64"]
 
 
 class TestBadValues:
@@ -254,7 +282,15 @@ class TestBadValues:
             ({"nodePools": {"gpu-l4": {"requirements": {"karpenter.sh/capacity-type": {"operator": "In", "values": ["spot"]}}}}}, "Set nodePools.gpu-l4.capacityTypes instead"),
             ({"nodePools": {"gpu-l4": {"requirements": {"karpenter.k8s.aws/bogus": {"operator": "Exists"}}}}}, "Karpenter does not allow requirements on \"karpenter.k8s.aws/bogus\""),
             ({"nodePools": {"gpu-l4": {"requirements": {"example.com/x": {"operator": "In"}}}}}, "operator In needs values"),
-            ({"nodePools": {"gpu-l4": {"requirements": {"karpenter.k8s.aws/instance-gpu-count": {"operator": "Gt", "values": ["a"]}}}}}, "needs exactly one non-negative integer"),
+            ({"nodePools": {"gpu-l4": {"requirements": {"karpenter.k8s.aws/instance-cpu": {"operator": "Gt", "values": ["a"]}}}}}, "needs exactly one non-negative integer"),
+            ({"nodePools": {"gpu-l4": {"requirements": {"karpenter.k8s.aws/instance-gpu-count": {"operator": "In", "values": ["1", "4"]}}}}}, "Set nodePools.gpu-l4.gpusPerNode instead"),
+            ({"nodePools": {"cpu": {"gpusPerNode": 1}}}, "nodePools.cpu sets gpusPerNode, but it is a cpu pool"),
+            ({"nodePools": {"gpu-l4": {"gpusPerNode": 0}}}, "gpusPerNode"),
+            (
+                {"nodePools": {"cpu": {"architectures": ["arm64"]}}},
+                "nodePools.cpu.architectures includes arm64, but the llm-serving image is built for amd64 only (rayImageArchitectures): Ray pods on those nodes would fail with exec format error. Set nodePools.cpu.architectures: [\"amd64\"], or publish a multi-arch image and add arm64 to rayImageArchitectures.",
+            ),
+            ({"nodePools": {"gpu-l4": {"architectures": ["amd64", "arm64"]}}}, "nodePools.gpu-l4.architectures includes arm64"),
             ({"nodePools": {"gpu-l4": {"disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "1m", "budgets": {"b": {"nodes": "0", "schedule": "@daily"}}}}}}, "schedule and duration go together"),
             ({"nodePools": {"gpu-l4": {"capacityTypes": ["preemptible"]}}}, "capacityTypes"),
             ({"nodePools": {"gpu-l4": {"disruption": {"consolidationPolicy": "Always", "consolidateAfter": "1m"}}}}, "consolidationPolicy"),

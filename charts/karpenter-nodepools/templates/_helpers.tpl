@@ -51,6 +51,18 @@ Whether the cluster serves the Karpenter v1 APIs (or assumeApiVersions lists the
 {{- end -}}
 
 {{/*
+Usage: {{- include "karpenter-nodepools.annotations" . | nindent 4 }} (under metadata:)
+The annotations of NodePools and EC2NodeClasses: `helm.sh/resource-policy: keep` when keepOnUninstall
+is on (deleting a NodePool terminates all of its nodes). Prints "annotations:" and its map, or nothing.
+*/}}
+{{- define "karpenter-nodepools.annotations" -}}
+{{- if .Values.keepOnUninstall -}}
+annotations:
+  helm.sh/resource-policy: keep
+{{- end -}}
+{{- end -}}
+
+{{/*
 Usage: {{ include "karpenter-nodepools.placement.labelKey" . }}
 The placement label key every node of a pool carries, with the pool name as value. Shared with the
 llm-serving chart (its worker groups select it): change both or neither.
@@ -84,14 +96,19 @@ Returns JSON; `set` (unlike mergeOverwrite) lets false, "" and 0 override a defa
 
 {{/*
 Usage: {{ include "karpenter-nodepools.nodePool.requirements" $pool | nindent 8 }}
-The requirements of a NodePool: instance families/categories, capacity types, architectures, Linux,
-then the extra requirements map, sorted by label key.
+The requirements of a NodePool: instance families/categories, the GPU count of GPU pools, capacity
+types, architectures, Linux, then the extra requirements map, sorted by label key.
 */}}
 {{- define "karpenter-nodepools.nodePool.requirements" -}}
 {{- with .instanceFamilies }}
 - key: karpenter.k8s.aws/instance-family
   operator: In
   values: {{ toJson . }}
+{{- end }}
+{{- if eq .type "gpu" }}
+- key: karpenter.k8s.aws/instance-gpu-count
+  operator: In
+  values: [{{ int .gpusPerNode | toString | quote }}]
 {{- end }}
 {{- with .instanceCategories }}
 - key: karpenter.k8s.aws/instance-category
