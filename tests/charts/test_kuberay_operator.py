@@ -5,6 +5,9 @@ Every render goes through render.render_chart (real helm, every object schema-va
 
 from __future__ import annotations
 
+import base64
+import gzip
+import hashlib
 import json
 import shutil
 import subprocess
@@ -23,12 +26,56 @@ NAMESPACE = "kuberay-system"
 CRD_NAMES = ["rayclusters.ray.io", "rayjobs.ray.io", "rayservices.ray.io", "raycronjobs.ray.io"]
 UPSTREAM = "https://raw.githubusercontent.com/ray-project/kuberay"
 HOOK_KINDS = {"Job", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+PLURALS = ["rayclusters", "rayjobs", "rayservices", "raycronjobs"]
+BUNDLED = CHART_DIR / "files" / "crds"
+SOURCES = json.loads((BUNDLED / "SOURCES.json").read_text())
+# A git checkout carries the provenance of the bundled CRDs (files/crds/SOURCES.json) but not the .gz
+# files, which hack/vendor-crds.py writes before packaging. Tests of anything but the CRD source
+# render with the online source, unless their values say otherwise; TestCrdBundled renders copies
+# of the chart with CRD files of their own.
+ONLINE = {"crds": {"source": "url"}}
 
 
-def render_objects(values: Dict[str, Any] | None = None, **kwargs: Any) -> List[Dict[str, Any]]:
+def merged(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def render_objects(values: Dict[str, Any] | None = None, online: bool = True, **kwargs: Any) -> List[Dict[str, Any]]:
     kwargs.setdefault("namespace", NAMESPACE)
     kwargs.setdefault("release", "kuberay-operator")
+    if online:
+        values = merged(ONLINE, values or {})
     return render.render_chart(CHART, values=values, **kwargs)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def chart_with_crds(tmp_path: Path, files: Dict[str, bytes] | None = None) -> Path:
+    """A copy of the chart whose files/crds/ holds the given .gz files (default: a small CRD per
+    plural), with SOURCES.json pinning their gzip_sha256 as hack/vendor-crds.py would."""
+    copy = tmp_path / CHART
+    shutil.copytree(CHART_DIR, copy, ignore=shutil.ignore_patterns("*.gz"))
+    if files is None:
+        files = {
+            f"ray.io_{p}.yaml.gz": gzip.compress(f"apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: {p}.ray.io\n".encode(), mtime=0)
+            for p in PLURALS
+        }
+    sources = json.loads(json.dumps(SOURCES))
+    for entry in sources["files"]:
+        if entry["file"] in files:
+            (copy / "files" / "crds" / entry["file"]).write_bytes(files[entry["file"]])
+            entry["gzip_sha256"] = sha256(files[entry["file"]])
+    (copy / "files" / "crds" / "SOURCES.json").write_text(json.dumps(sources, indent=2))
+    return copy
+
+
+def render_bundled(tmp_path: Path, values: Dict[str, Any] | None = None, **kwargs: Any) -> List[Dict[str, Any]]:
+    return render_objects(values, online=False, chart_dir=chart_with_crds(tmp_path, kwargs.pop("files", None)), **kwargs)
 
 
 def hook_objects(objects: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -87,7 +134,7 @@ class TestValuesDocumentedAndInStep:
 class TestCiScenarios:
     @pytest.mark.parametrize("values_file", sorted((CHART_DIR / "ci").glob("*-values.yaml")), ids=lambda p: p.name)
     def test_renders_validates_and_lints(self, values_file: Path):
-        objects = render_objects(values_files=[values_file])
+        objects = render_objects(values_files=[values_file], online=False)
         assert render.by_kind(objects, "Deployment")
         render.helm("lint", "--strict", str(CHART_DIR), "-f", str(values_file), "--namespace", NAMESPACE)
 
@@ -198,10 +245,14 @@ class TestFeatureGates:
             render_objects({"featureGates": {"RayCronjob": True}})
 
 
+def is_user_role(role: Dict[str, Any]) -> bool:
+    return role["metadata"]["name"].endswith(("-editor", "-viewer"))
+
+
 class TestRbac:
     def test_cluster_scope(self):
         objects = render_objects()
-        roles = [r for r in render.by_kind(objects, "ClusterRole") if not hook_objects([r])]
+        roles = [r for r in render.by_kind(objects, "ClusterRole") if not hook_objects([r]) and not is_user_role(r)]
         assert len(roles) == 1
         rules = roles[0]["rules"]
         ray = [r for r in rules if r["apiGroups"] == ["ray.io"] and "rayservices" in r["resources"]]
@@ -364,6 +415,134 @@ class TestCrdHookModes:
         assert not hook_objects(objects)
         assert not render.by_kind(objects, "Job")
         assert render.by_kind(objects, "Deployment")
+
+
+class TestCrdBundled:
+    """The default CRD source needs no egress: the chart ships the CRDs (issue 13, item 9)."""
+
+    def test_default_source_is_bundled(self):
+        values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+        assert values["crds"]["source"] == "bundled"
+
+    def test_default_renders_one_hook_config_map_per_crd_and_no_url(self, tmp_path):
+        files = {f"ray.io_{p}.yaml.gz": gzip.compress(f"kind: CustomResourceDefinition # {p}\n".encode()) for p in PLURALS}
+        objects = render_bundled(tmp_path, files=files)
+        maps = {m["metadata"]["name"]: m for m in render.by_kind(objects, "ConfigMap")}
+        assert list(maps) == [f"kuberay-operator-crds-{p}" for p in PLURALS]
+        weights = {o["kind"]: int(o["metadata"]["annotations"]["helm.sh/hook-weight"]) for o in hook_objects(objects)}
+        for plural, config_map in zip(PLURALS, maps.values()):
+            assert hook_objects([config_map]) and weights["ConfigMap"] < weights["Job"]
+            assert "data" not in config_map
+            (key, payload), = config_map["binaryData"].items()
+            assert key == f"ray.io_{plural}.yaml.gz"
+            assert base64.b64decode(payload) == files[key]
+        job = crd_job(objects)
+        containers = pod_containers(job)
+        assert [c["name"] for c in containers] == ["unpack", "apply", "wait-established", "check-storage-version", "check-served-version"]
+        assert [a for a in containers[1]["args"] if a.startswith("--filename")] == ["--filename=/crds"]
+        assert not [a for c in containers for a in c.get("args", []) + c.get("command", []) if "://" in a]
+        volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+        assert [s["configMap"]["name"] for s in volumes["crd-source"]["projected"]["sources"]] == list(maps)
+
+    def test_a_chart_without_the_files_fails_naming_the_options(self, tmp_path):
+        copy = tmp_path / CHART
+        shutil.copytree(CHART_DIR, copy, ignore=shutil.ignore_patterns("*.gz"))
+        with pytest.raises(render.HelmError) as error:
+            render_objects(online=False, chart_dir=copy)
+        message = str(error.value)
+        assert "lacks files/crds/ray.io_rayclusters.yaml.gz" in message
+        for option in ("hack/vendor-crds.py", "crds.source=configMap with crds.configMaps", "crds.source=url"):
+            assert option in message
+
+    def test_a_file_that_is_not_the_pinned_one_fails(self, tmp_path):
+        copy = chart_with_crds(tmp_path)
+        (copy / "files" / "crds" / "ray.io_rayjobs.yaml.gz").write_bytes(gzip.compress(b"tampered"))
+        with pytest.raises(render.HelmError, match=r"files/crds/ray.io_rayjobs.yaml.gz has sha256 .* Re-vendor it"):
+            render_objects(online=False, chart_dir=copy)
+
+    def test_bundled_crds_are_those_of_the_operators_release(self, tmp_path):
+        with pytest.raises(render.HelmError, match=r"applies the CRDs of KubeRay v1.7.0 .* but the operator runs v1.6.1"):
+            render_bundled(tmp_path, {"image": {"tag": "v1.6.1"}})
+
+    def test_online_is_an_explicit_choice(self, tmp_path):
+        objects = render_bundled(tmp_path, {"crds": {"source": "url"}})
+        assert not render.by_kind(objects, "ConfigMap")
+        assert [a for a in pod_containers(crd_job(objects))[0]["args"] if a.startswith("--filename=https://")]
+
+
+class TestCrdProvenance:
+    """files/crds/SOURCES.json pins every bundled CRD to its upstream file; vendored files match it."""
+
+    def test_every_crd_is_pinned_to_the_upstream_release(self):
+        chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+        assert SOURCES["repo"] == "ray-project/kuberay" and SOURCES["tag"] == chart["appVersion"]
+        assert len(SOURCES["commit"]) == 40
+        assert [e["plural"] for e in SOURCES["files"]] == PLURALS
+        for entry in SOURCES["files"]:
+            assert entry["file"] == f"ray.io_{entry['plural']}.yaml.gz"
+            assert entry["path"] == f"ray-operator/config/crd/bases/ray.io_{entry['plural']}.yaml"
+            assert entry["url"] == f"{UPSTREAM}/{SOURCES['tag']}/{entry['path']}"
+            for key in ("upstream_sha256", "gzip_sha256"):
+                assert len(entry[key]) == 64 and int(entry[key], 16) >= 0, key
+
+    def test_the_rayservice_crd_is_the_one_the_chart_tests_validate_against(self):
+        upstream = json.loads((render.REPO / "tests" / "schemas" / "upstream" / "SOURCES.json").read_text())
+        (schema,) = [f for f in upstream["files"] if f["file"] == "ray.io/rayservice_v1.json"]
+        (bundled,) = [e for e in SOURCES["files"] if e["plural"] == "rayservices"]
+        assert (schema["tag"], schema["commit"], schema["path"]) == (SOURCES["tag"], SOURCES["commit"], bundled["path"])
+        assert schema["upstream_sha256"] == bundled["upstream_sha256"]
+
+    def test_vendored_files_match_their_sha256(self):
+        present = [e for e in SOURCES["files"] if (BUNDLED / e["file"]).exists()]
+        if not present:
+            pytest.skip("files/crds/*.gz are not vendored in this checkout (hack/vendor-crds.py writes them)")
+        for entry in present:
+            data = (BUNDLED / entry["file"]).read_bytes()
+            assert sha256(data) == entry["gzip_sha256"], entry["file"]
+            assert sha256(gzip.decompress(data)) == entry["upstream_sha256"], entry["file"]
+            # binaryData is base64: a ConfigMap holds at most 1 MiB.
+            assert len(base64.b64encode(data)) < 1024 * 1024 // 2, entry["file"]
+
+
+class TestUserRoles:
+    """Editor and viewer ClusterRoles per Ray kind, aggregated into admin/edit/view (issue 13, item 9)."""
+
+    def user_roles(self, values: Dict[str, Any] | None = None) -> Dict[str, Dict[str, Any]]:
+        return {r["metadata"]["name"]: r for r in render.by_kind(render_objects(values), "ClusterRole") if is_user_role(r)}
+
+    def test_editor_and_viewer_per_kind(self):
+        roles = self.user_roles()
+        prefix = f"{NAMESPACE}-kuberay-operator"
+        kinds = ["raycluster", "rayjob", "rayservice", "raycronjob"]
+        assert sorted(roles) == sorted(f"{prefix}-{k}-{r}" for k in kinds for r in ("editor", "viewer"))
+        for kind in kinds:
+            editor, viewer = roles[f"{prefix}-{kind}-editor"], roles[f"{prefix}-{kind}-viewer"]
+            assert editor["rules"] == [
+                {"apiGroups": ["ray.io"], "resources": [f"{kind}s"], "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]},
+                {"apiGroups": ["ray.io"], "resources": [f"{kind}s/status"], "verbs": ["get"]},
+            ]
+            assert viewer["rules"] == [
+                {"apiGroups": ["ray.io"], "resources": [f"{kind}s"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["ray.io"], "resources": [f"{kind}s/status"], "verbs": ["get"]},
+            ]
+            aggregate = lambda role: {k for k, v in role["metadata"]["labels"].items() if k.startswith("rbac.authorization.k8s.io/aggregate-to-") and v == "true"}
+            assert aggregate(editor) == {"rbac.authorization.k8s.io/aggregate-to-admin", "rbac.authorization.k8s.io/aggregate-to-edit"}
+            assert aggregate(viewer) == {"rbac.authorization.k8s.io/aggregate-to-view"}
+
+    def test_not_aggregated(self):
+        for role in self.user_roles({"rbac": {"userRoles": {"aggregate": False}}}).values():
+            assert not [k for k in role["metadata"]["labels"] if k.startswith("rbac.authorization.k8s.io/aggregate-to-")]
+
+    @pytest.mark.parametrize(
+        "values",
+        [
+            {"rbac": {"userRoles": {"create": False}}},
+            {"rbac": {"create": False}},
+            {"rbac": {"scope": "namespaces"}, "watchNamespaces": ["a"]},
+        ],
+    )
+    def test_off(self, values):
+        assert not self.user_roles(values)
 
 
 class TestCrdHookCommandsParse:

@@ -379,6 +379,64 @@ The CRD download URLs: <baseUrl>/<operator version>/ray-operator/config/crd/base
 {{- end -}}
 
 {{/*
+Usage: {{ if include "kuberay-operator.crds.fromConfigMaps" . }}
+Whether the Job reads the CRDs from ConfigMaps (crds.source bundled or configMap) rather than URLs.
+Prints "true" or nothing.
+*/}}
+{{- define "kuberay-operator.crds.fromConfigMaps" -}}
+{{- if has .Values.crds.source (list "bundled" "configMap") -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "kuberay-operator.crds.bundledFile" "rayclusters" }}
+Path inside the chart of a bundled (vendored, gzipped) CRD file: files/crds/ray.io_<plural>.yaml.gz.
+*/}}
+{{- define "kuberay-operator.crds.bundledFile" -}}
+{{- printf "files/crds/ray.io_%s.yaml.gz" . -}}
+{{- end -}}
+
+{{/*
+Usage: {{ $sources := include "kuberay-operator.crds.bundledSources" . | fromJson }}
+The provenance of the bundled CRD files (files/crds/SOURCES.json: upstream repo, tag, commit, path,
+sha256 of the upstream YAML and of the .gz). An empty object when the chart has no SOURCES.json.
+*/}}
+{{- define "kuberay-operator.crds.bundledSources" -}}
+{{- $raw := .Files.Get "files/crds/SOURCES.json" -}}
+{{- if $raw -}}
+{{- $raw -}}
+{{- else -}}
+{}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "kuberay-operator.crds.bundledConfigMapName" (dict "ctx" $ "plural" "rayjobs") }}
+Name of the hook ConfigMap that carries one bundled CRD (one per CRD: each stays far below 1 MiB).
+*/}}
+{{- define "kuberay-operator.crds.bundledConfigMapName" -}}
+{{- printf "%s-%s" (include "kuberay-operator.crds.name" .ctx | trunc 50 | trimSuffix "-") .plural -}}
+{{- end -}}
+
+{{/*
+Usage: {{ range include "kuberay-operator.crds.configMapNames" . | fromJsonArray }}
+The ConfigMaps the Job reads: the chart's own per-CRD ConfigMaps (source bundled) or
+crds.configMaps (source configMap), as a JSON list.
+*/}}
+{{- define "kuberay-operator.crds.configMapNames" -}}
+{{- if eq .Values.crds.source "bundled" -}}
+{{- $names := list -}}
+{{- range include "kuberay-operator.crds.plurals" . | fromJsonArray -}}
+{{- $names = append $names (include "kuberay-operator.crds.bundledConfigMapName" (dict "ctx" $ "plural" .)) -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- else -}}
+{{- toJson .Values.crds.configMaps -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 Usage: {{ include "kuberay-operator.crds.hookAnnotations" (dict "weight" "-10") | nindent 4 }}
 Hook annotations of the CRD objects: run before install and upgrade, in weight order, replaced on the
 next run and deleted once every hook succeeded (a failed Job stays for its logs).
@@ -412,7 +470,7 @@ env:
 volumeMounts:
   - name: tmp
     mountPath: /tmp
-  {{- if eq .Values.crds.source "configMap" }}
+  {{- if include "kuberay-operator.crds.fromConfigMaps" . }}
   - name: crds
     mountPath: /crds
   - name: crd-source
