@@ -42,7 +42,7 @@ ALERTS = [
     "LLMServingClientErrorRatioHigh", "LLMServingNoSuccessfulResponses", "LLMServingEngineQueueHigh",
     "LLMServingKVCacheNearlyFull", "LLMServingDeploymentUnhealthy", "LLMServingReplicasBelowTarget",
     "LLMServingReplicasRestarting", "LLMServingGPUUtilizationHigh", "LLMServingGPUIdle",
-    "LLMServingRayServiceNotReady",
+    "LLMServingRayServiceNotReady", "LLMServingRayServiceInitializingTimeout",
 ]
 
 
@@ -177,6 +177,15 @@ class TestCiScenarios:
             assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_no_scenario_selects_ray_pods_by_a_label_kuberay_leaves_off_pods():
+    """KubeRay v1.7 (common/pod.go labelPod) puts ray.io/originated-from-cr-name and -crd on the
+    RayCluster and the Services it creates, never on Ray pods: a PodMonitor selecting them scrapes
+    nothing. Pods carry ray.io/cluster, ray.io/node-type, ray.io/group and the template's labels."""
+    for path in sorted((CHART_DIR / "ci").glob("*.yaml")):
+        labels = ((yaml.safe_load(path.read_text()) or {}).get("podMonitors") or {}).get("matchLabels") or {}
+        assert not [k for k in labels if k.startswith("ray.io/originated-from-")], path.name
+
+
 class TestCapabilitiesGate:
     def test_only_dashboards_without_the_prometheus_operator_api(self):
         objects = render_objects(api=False)
@@ -238,10 +247,10 @@ class TestPodMonitors:
 
     def test_one_cluster_and_extra_labels(self):
         values = {"podMonitors": {"rayCluster": "llm-raycluster-abcde",
-                                  "matchLabels": {"ray.io/originated-from-cr-name": "llm"}}}
+                                  "matchLabels": {"app.kubernetes.io/instance": "llm"}}}
         monitor = pod_monitor(render_objects(values), "head")
         assert monitor["spec"]["selector"]["matchLabels"] == {
-            "ray.io/node-type": "head", "ray.io/cluster": "llm-raycluster-abcde", "ray.io/originated-from-cr-name": "llm",
+            "ray.io/node-type": "head", "ray.io/cluster": "llm-raycluster-abcde", "app.kubernetes.io/instance": "llm",
         }
 
     def test_extra_relabelings_follow_the_cluster_label_and_metric_relabelings_pass_through(self):
@@ -357,7 +366,7 @@ class TestPromtool:
     def test_check_rules(self, tmp_path):
         result = run_promtool("check", "rules", RULES_FILE_NAME, cwd=self.rules_dir(tmp_path))
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "SUCCESS: 21 rules found" in result.stdout
+        assert "SUCCESS: 22 rules found" in result.stdout
 
     def test_unit_tests_pass(self, tmp_path):
         result = run_promtool("test", "rules", PROMTOOL_TESTS.name, cwd=self.rules_dir(tmp_path))

@@ -316,6 +316,25 @@ LLMServingRayServiceNotReady:
   description: >-
     {{`The KubeRay operator reports RayService {{ $labels.namespace }}/{{ $labels.name }} without the Ready
     condition: its Serve applications are not serving.`}}
+LLMServingRayServiceInitializingTimeout:
+  # KubeRay v1.7.0 (ray-operator/controllers/ray/rayservice_controller.go, markFailedOnInitializingTimeout)
+  # sets Ready=False, reason InitializingTimeout, clears the cluster names and deletes the RayClusters;
+  # the state is terminal. Its metrics carry no reason (metrics/ray_service_metrics.go), so the alert
+  # reads the state from what it leaves: not Ready, and no RayCluster of the RayService. KubeRay names
+  # those "<RayService>-<5 random characters>" (utils.GenerateRayClusterName) and labels them
+  # owner_kind="RayService" in kuberay_cluster_info (metrics/ray_cluster_metrics.go).
+  expr: |-
+    max by (namespace, name) (kuberay_service_condition_ready{condition="false"})
+    unless on (namespace, name)
+    max by (namespace, name) (
+      label_replace(kuberay_cluster_info{owner_kind="RayService"}, "name", "$1", "name", "(.+)-[a-z0-9]{5}")
+    )
+  summary: {{`RayService {{ $labels.namespace }}/{{ $labels.name }} gave up initializing.`}}
+  description: >-
+    {{`RayService {{ $labels.namespace }}/{{ $labels.name }} is not Ready and owns no RayCluster: the KubeRay
+    operator marked it InitializingTimeout (ray.io/initializing-timeout exceeded) and deleted its clusters.
+    The state is terminal: helm upgrade and Flux cannot recover it; delete the RayService and let Helm or
+    Flux recreate it.`}}
 {{- end -}}
 
 {{/*
