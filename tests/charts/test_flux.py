@@ -24,6 +24,10 @@ KUSTOMIZATION = FLUX / "kustomization.yaml"
 # Values for the variables the Flux Kustomization substitutes (postBuild.substitute), as a user sets them.
 SUBSTITUTIONS = {"cluster_name": "llm-prod", "chart_registry": "ghcr.io/example/charts"}
 KARPENTER_APIS = ["karpenter.sh/v1", "karpenter.k8s.aws/v1"]
+# HelmReleases outside deploy/flux that releases wait for: kube-prometheus-stack, as README.md assumes
+# it (a Flux HelmRelease in namespace monitoring), for the Prometheus Operator CRDs and the Prometheus
+# that selects `release: kube-prometheus-stack`.
+EXTERNAL_DEPENDENCIES = {("monitoring", "kube-prometheus-stack")}
 
 
 def substitute(text: str) -> str:
@@ -85,7 +89,7 @@ class TestObjects:
 
     def test_schema_validation_can_fail(self):
         broken = yaml.safe_load(yaml.safe_dump(RELEASES["llm-serving"]))
-        broken["spec"]["install"]["remediation"]["retries"] = "3"
+        broken["spec"]["upgrade"]["remediation"]["retries"] = "3"
         with pytest.raises(AssertionError, match="retries"):
             render.validate_object(broken)
 
@@ -143,8 +147,15 @@ class TestWiring:
     def test_depends_on_resolves_and_is_acyclic(self):
         order: List[str] = []
         pending = dict(RELEASES)
+
+        def met(dep: Dict[str, Any], release: Dict[str, Any]) -> bool:
+            namespace = dep.get("namespace", release["metadata"]["namespace"])
+            if (namespace, dep["name"]) in EXTERNAL_DEPENDENCIES:
+                return True
+            return namespace == release["metadata"]["namespace"] and dep["name"] in order
+
         while pending:
-            ready = [n for n, r in pending.items() if all(d["name"] in order for d in r["spec"].get("dependsOn", []))]
+            ready = [n for n, r in pending.items() if all(met(d, r) for d in r["spec"].get("dependsOn", []))]
             assert ready, f"dependsOn cycle or unknown release among {sorted(pending)}"
             order += sorted(ready)
             for name in ready:
@@ -159,13 +170,26 @@ class TestWiring:
             assert "namespace" not in entry
             assert RELEASES[entry["name"]]["metadata"]["namespace"] == RELEASES["llm-serving"]["metadata"]["namespace"]
 
+    def test_external_dependencies_are_documented(self):
+        readme = (FLUX / "README.md").read_text()
+        for namespace, name in EXTERNAL_DEPENDENCIES:
+            assert f"`{name}`" in readme and f"`{namespace}`" in readme
+        used = {(d.get("namespace", r["metadata"]["namespace"]), d["name"])
+                for r in RELEASES.values() for d in r["spec"].get("dependsOn", [])}
+        assert EXTERNAL_DEPENDENCIES <= used
+
     @pytest.mark.parametrize("name", sorted(RELEASES))
     def test_crd_policies_and_remediation(self, name):
         spec = RELEASES[name]["spec"]
         # None of these charts ships crds/: the operator's hook Job owns the ray.io CRDs, and the
         # Karpenter and prometheus-operator CRDs belong to their own installations.
         assert spec["install"]["crds"] == "Skip" and spec["upgrade"]["crds"] == "Skip"
-        assert spec["install"]["remediation"]["retries"] > 0
+        if name == "llm-serving":
+            # Retried as upgrades, never uninstalled: an uninstall deletes the RayService mid-download.
+            assert spec["install"]["strategy"]["name"] == "RetryOnFailure"
+            assert "remediation" not in spec["install"]
+        else:
+            assert spec["install"]["remediation"]["retries"] > 0
         assert spec["upgrade"]["remediation"]["strategy"] == "rollback"
         assert not spec["install"].get("disableHooks") and not spec["upgrade"].get("disableHooks")
         assert spec["storageNamespace"] == spec["targetNamespace"]
@@ -194,6 +218,19 @@ class TestValuesAreAcceptedByTheCharts:
                                       namespace="kuberay-system", release="kuberay-operator",
                                       api_versions=["monitoring.coreos.com/v1"])
         assert render.one(objects, "ServiceMonitor")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+    def test_llm_monitoring(self):
+        """Selected by kube-prometheus-stack, rendered whatever Helm discovers, scraping the serving release."""
+        spec = RELEASES["llm-monitoring"]["spec"]
+        objects = render.render_chart("llm-monitoring", values=spec["values"], namespace=spec["targetNamespace"],
+                                      release=spec["releaseName"])
+        monitors = render.by_kind(objects, "PodMonitor") + render.by_kind(objects, "PrometheusRule")
+        assert len(monitors) == 3
+        assert all(m["metadata"]["labels"]["release"] == "kube-prometheus-stack" for m in monitors)
+        serving = RELEASES["llm-serving"]["spec"]
+        for monitor in render.by_kind(objects, "PodMonitor"):
+            assert monitor["spec"]["namespaceSelector"] == {"matchNames": [serving["targetNamespace"]]}
+            assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == serving["releaseName"]
 
     def test_karpenter_nodepools(self):
         objects = render.render_chart("karpenter-nodepools", values=RELEASES["karpenter-nodepools"]["spec"]["values"],
