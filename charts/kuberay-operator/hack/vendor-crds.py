@@ -51,7 +51,7 @@ def upstream(entry: Dict[str, Any], sources: Dict[str, Any], mirror: Path | None
             ["git", "--git-dir", str(mirror), "show", f"{sources['commit']}:{entry['path']}"],
             check=True, capture_output=True,
         ).stdout
-    with urllib.request.urlopen(entry["url"], timeout=60) as response:  # noqa: S310 (pinned https URL)
+    with urllib.request.urlopen(entry["url"], timeout=60) as response:
         return response.read()
 
 
