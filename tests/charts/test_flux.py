@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.charts import render
+from tests.cluster_fit.composition import checkout_overlay
 
 FLUX = render.REPO / "deploy" / "flux"
 KUSTOMIZATION = FLUX / "kustomization.yaml"
@@ -214,7 +215,8 @@ class TestValuesAreAcceptedByTheCharts:
     """What helm-controller would render: the chart with the release's values (and profile)."""
 
     def test_kuberay_operator(self):
-        objects = render.render_chart("kuberay-operator", values=RELEASES["kuberay-operator"]["spec"]["values"],
+        values = {**RELEASES["kuberay-operator"]["spec"]["values"], **checkout_overlay("kuberay-operator")}
+        objects = render.render_chart("kuberay-operator", values=values,
                                       namespace="kuberay-system", release="kuberay-operator",
                                       api_versions=["monitoring.coreos.com/v1"])
         assert render.one(objects, "ServiceMonitor")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -245,7 +247,8 @@ class TestValuesAreAcceptedByTheCharts:
         if not (render.CHARTS / chart).exists():
             pytest.skip(f"{chart} is not under charts/ yet")
         values_files = [profile_path()] if spec.get("valuesFrom") else []
-        objects = render.render_chart(chart, values_files=values_files, values=spec.get("values"),
+        values = {**(spec.get("values") or {}), **checkout_overlay(chart)}
+        objects = render.render_chart(chart, values_files=values_files, values=values or None,
                                       namespace=spec["targetNamespace"], release=spec["releaseName"],
                                       api_versions=["monitoring.coreos.com/v1", *KARPENTER_APIS])
         assert objects

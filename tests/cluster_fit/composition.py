@@ -187,6 +187,17 @@ def _render(chart: str, values_files: Tuple[str, ...], values_yaml: str, namespa
                                      release=release, api_versions=sorted(apis)))
 
 
+def checkout_overlay(chart: str) -> Dict[str, Any]:
+    """Values that stand in for what packaging adds to a chart of this checkout. The kuberay-operator
+    chart's default crds.source=bundled applies CRD files that hack/vendor-crds.py writes into
+    files/crds/ before `helm package` (the published chart has them, a git checkout does not; see
+    tests/charts/test_kuberay_operator.py). Without them it renders with the URL source: the same
+    objects but for the CRD ConfigMaps."""
+    if chart == "kuberay-operator" and not list((render.CHARTS / chart / "files" / "crds").glob("*.yaml.gz")):
+        return {"crds": {"source": "url"}}
+    return {}
+
+
 def _merged(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in over.items():
@@ -204,7 +215,7 @@ def render_release(flux: Flux, name: str, apis: Optional[Iterable[str]] = None,
     files = flux.values_files(release)
     if profile is not None and files:
         files = [profile]
-    values = _merged(spec.get("values") or {}, extra or {})
+    values = _merged(_merged(spec.get("values") or {}, checkout_overlay(flux.chart_of(release))), extra or {})
     objects = _render(flux.chart_of(release), tuple(str(p) for p in files), _freeze(values),
                       spec["targetNamespace"], spec.get("releaseName", name),
                       frozenset(flux.apis_at_install(name) if apis is None else apis))
