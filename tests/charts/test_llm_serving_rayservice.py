@@ -15,10 +15,12 @@ from tests.charts.llm_serving_chart import (
     GPU_TAINT_TOLERATION,
     GPU_VALUES,
     NODE_POOL_LABEL,
+    PROFILES,
     app_args,
     cluster,
     env,
     head_pod,
+    helm_error,
     merged,
     mounts,
     ray_container,
@@ -32,6 +34,7 @@ from tests.charts.llm_serving_chart import (
 )
 
 FAST_PATH = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING")
+GIB = 2**30
 
 
 class TestServeConfig:
@@ -185,7 +188,8 @@ class TestHead:
     def test_takes_no_serve_replicas_and_lands_on_the_cpu_pool(self):
         objects = render_gpu()
         head_group = cluster(objects)["headGroupSpec"]
-        assert head_group["rayStartParams"] == {"num-cpus": "0"}
+        # Ray's object store: 80% of the head's 2Gi /dev/shm (TestObjectStore).
+        assert head_group["rayStartParams"] == {"num-cpus": "0", "object-store-memory": str(2 * GIB * 4 // 5)}
         spec = head_group["template"]["spec"]
         assert spec["nodeSelector"] == {NODE_POOL_LABEL: "cpu"}
         assert "tolerations" not in spec
@@ -221,9 +225,10 @@ class TestWorkerGroups:
     def test_gpu_group_shape(self):
         group = worker_group(render_gpu(), "l40s")
         assert group["minReplicas"] == 0 and group["maxReplicas"] == 2
-        assert group["rayStartParams"] == {}
-        # The autoscaler knows the accelerator type before any pod exists (scale from zero).
-        assert group["resources"] == {"accelerator_type:L40S": "1"}
+        assert group["rayStartParams"] == {"object-store-memory": str(8 * GIB * 4 // 5)}
+        # The autoscaler knows the accelerator type and the group before any pod exists (scale from
+        # zero); models that name the group in worker_group ask for llm-serving-group:<name>.
+        assert group["resources"] == {"accelerator_type:L40S": "1", "llm-serving-group:l40s": "1"}
         spec = group["template"]["spec"]
         assert spec["nodeSelector"] == {NODE_POOL_LABEL: "gpu-l40s"}
         assert spec["tolerations"] == [GPU_TAINT_TOLERATION]
@@ -244,7 +249,10 @@ class TestWorkerGroups:
 
     def test_groups_are_a_map_one_can_be_overridden(self):
         objects = render_gpu(
-            {"workerGroups": {"l40s": {"maxReplicas": 5}, "l40s-4x": {"gpus": 4, "acceleratorType": "L40S", "maxReplicas": 1}}}
+            {
+                "workerGroups": {"l40s": {"maxReplicas": 5}, "l40s-4x": {"gpus": 4, "acceleratorType": "L40S", "maxReplicas": 1}},
+                "app": {"models": {"chat": {"worker_group": "l40s"}}},  # two GPU groups: the model names one
+            }
         )
         assert worker_group(objects, "l40s")["maxReplicas"] == 5
         assert worker_group(objects, "l40s")["minReplicas"] == 0
@@ -362,10 +370,28 @@ class TestEnvironment:
             assert {name: variables[name] for name in FAST_PATH} == dict.fromkeys(FAST_PATH, value)
 
     def test_secrets_only_by_reference(self):
-        objects = render_gpu({"secretEnv": {"HF_TOKEN": {"secretName": "hf-token", "key": "token"}}})
+        objects = render_gpu({"secretEnv": {"MILVUS_TOKEN": {"secretName": "milvus", "key": "token"}}})
         for template in (head_pod(objects), worker_group(objects, "l40s")["template"]):
-            (item,) = [e for e in ray_container(template)["env"] if e["name"] == "HF_TOKEN"]
-            assert item == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
+            (item,) = [e for e in ray_container(template)["env"] if e["name"] == "MILVUS_TOKEN"]
+            assert item == {"name": "MILVUS_TOKEN", "valueFrom": {"secretKeyRef": {"name": "milvus", "key": "token"}}}
+
+    @pytest.mark.parametrize("name", ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"])
+    def test_model_hub_tokens_reach_workers_only(self, name):
+        """Issue 13 item 8: the head never loads weights, so it never gets the token."""
+        objects = render_gpu({"secretEnv": {name: {"secretName": "hf-token", "key": "token", "workersOnly": False}}})
+        assert name not in env(ray_container(head_pod(objects)))
+        assert env(ray_container(worker_group(objects, "l40s")["template"]))[name] == {
+            "secretKeyRef": {"name": "hf-token", "key": "token"}
+        }
+
+    def test_a_secret_can_be_scoped_to_workers(self):
+        objects = render_gpu({"secretEnv": {"S3_KEY": {"secretName": "s3", "key": "k", "workersOnly": True}}})
+        assert "S3_KEY" not in env(ray_container(head_pod(objects)))
+        assert "S3_KEY" in env(ray_container(worker_group(objects, "l40s")["template"]))
+
+    @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
+    def test_no_profile_puts_hf_token_on_the_head(self, profile):
+        assert "HF_TOKEN" not in env(ray_container(head_pod(render_chart(values_files=[profile]))))
 
     def test_optional_secret(self):
         variables = env(ray_container(head_pod(render_gpu({"secretEnv": {"X": {"secretName": "s", "key": "k", "optional": True}}}))))
@@ -409,6 +435,112 @@ class TestVolumes:
     def test_model_cache_on_the_node(self):
         pod = worker_group(render_gpu({"modelCache": {"type": "hostPath"}}), "l40s")["template"]
         assert volumes(pod)["model-cache"]["hostPath"] == {"path": "/mnt/llm-serving/models", "type": "DirectoryOrCreate"}
+
+
+def quantity_bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    for unit, factor in units.items():
+        if quantity.endswith(unit):
+            return int(quantity[: -len(unit)]) * factor
+    return int(quantity)
+
+
+def ray_pods(objects):
+    """(rayStartParams, pod template) of the head and of every worker group."""
+    spec = cluster(objects)
+    groups = [spec["headGroupSpec"]] + spec.get("workerGroupSpecs", [])
+    return [(group["rayStartParams"], group["template"]) for group in groups]
+
+
+class TestObjectStore:
+    """Issue 13 item 3: Ray's object store stays in /dev/shm (tests/unit/test_config.py shows Ray's
+    own default, 30% of the memory, outgrowing it)."""
+
+    @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
+    def test_every_pod_of_every_profile_keeps_its_object_store_in_dev_shm(self, profile):
+        for params, template in ray_pods(render_chart(values_files=[profile])):
+            shm = quantity_bytes(volumes(template)["shared-mem"]["emptyDir"]["sizeLimit"])
+            assert "object-store-memory" in params, "without it Ray takes 30% of the memory, more than /dev/shm"
+            assert 75 * 2**20 <= int(params["object-store-memory"]) <= shm
+            limit = ray_container(template)["resources"]["limits"]["memory"]
+            assert shm < quantity_bytes(limit)
+
+    def test_eighty_percent_of_the_groups_dev_shm(self):
+        objects = render_gpu({"workerGroups": {"l40s": {"sharedMemorySizeLimit": "1500Mi"}}, "head": {"sharedMemorySizeLimit": "1.5Gi"}})
+        assert worker_group(objects, "l40s")["rayStartParams"]["object-store-memory"] == str(1500 * 2**20 * 4 // 5)
+        assert cluster(objects)["headGroupSpec"]["rayStartParams"]["object-store-memory"] == str(int(1.5 * GIB * 0.8))
+
+    def test_a_set_value_is_kept(self):
+        objects = render_gpu({"workerGroups": {"l40s": {"rayStartParams": {"object-store-memory": "1000000000"}}}})
+        assert worker_group(objects, "l40s")["rayStartParams"] == {"object-store-memory": "1000000000"}
+
+    def test_a_store_larger_than_dev_shm_is_refused(self):
+        message = helm_error(merged(GPU_VALUES, {"workerGroups": {"l40s": {"rayStartParams": {"object-store-memory": str(9 * GIB)}}}}))
+        assert "workerGroups.l40s.rayStartParams.object-store-memory (9663676416 bytes) is larger than the pod's /dev/shm (sharedMemory.sizeLimit = 8Gi" in message
+
+    def test_dev_shm_must_be_below_the_memory_limit(self):
+        message = helm_error(merged(GPU_VALUES, {"workerGroups": {"l40s": {"sharedMemorySizeLimit": "28Gi"}}}))
+        assert "workerGroups.l40s.sharedMemorySizeLimit = 28Gi is not below workerGroups.l40s.resources.limits.memory (28Gi)" in message
+        message = helm_error(merged(GPU_VALUES, {"head": {"sharedMemorySizeLimit": "8Gi"}}))
+        assert "head.sharedMemorySizeLimit = 8Gi is not below head.resources.limits.memory (8Gi)" in message
+
+    def test_dev_shm_too_small_for_rays_minimum(self):
+        message = helm_error(merged(GPU_VALUES, {"head": {"sharedMemorySizeLimit": "64Mi"}}))
+        assert "head gets a Ray object store of 53687091 bytes from head.sharedMemorySizeLimit = 64Mi" in message
+
+
+TWO_GPU_GROUPS = merged(
+    GPU_VALUES,
+    {
+        "app": {
+            "models": {
+                "chat": {"worker_group": "l40s"},
+                "big": {"source": "org/big-70b", "accelerator_type": "L40S", "tensor_parallel_size": 4, "worker_group": "l40s-4x"},
+            }
+        },
+        "workerGroups": {"l40s-4x": {"gpus": 4, "acceleratorType": "L40S", "nodePool": "gpu-l40s", "maxReplicas": 1}},
+    },
+)
+
+
+class TestWorkerGroupTie:
+    """Issue 13 item 2: with two GPU groups every GPU model names its group."""
+
+    def test_tied_models_render_and_each_group_advertises_itself(self):
+        objects = render_chart(TWO_GPU_GROUPS)
+        assert worker_group(objects, "l40s-4x")["resources"] == {"accelerator_type:L40S": "1", "llm-serving-group:l40s-4x": "1"}
+        assert app_args(objects)["models"]["big"]["worker_group"] == "l40s-4x"
+
+    def test_a_gpu_group_without_accelerator_type_still_advertises_itself(self):
+        objects = render_gpu({"workerGroups": {"l40s": {"acceleratorType": None}}, "app": {"models": {"chat": {"accelerator_type": None}}}})
+        assert worker_group(objects, "l40s")["resources"] == {"llm-serving-group:l40s": "1"}
+
+    def test_a_model_must_name_its_group_when_there_are_two(self):
+        values = merged(TWO_GPU_GROUPS, {"app": {"models": {"chat": {"worker_group": None}}}})
+        message = helm_error(values)
+        assert "app.models.chat.worker_group is not set, but there are 2 GPU worker groups (l40s, l40s-4x)" in message
+
+    def test_an_unknown_group_is_refused(self):
+        message = helm_error(merged(TWO_GPU_GROUPS, {"app": {"models": {"chat": {"worker_group": "l4"}}}}))
+        assert 'app.models.chat.worker_group is "l4", but that is not a worker group with gpus > 0 (GPU worker groups: l40s, l40s-4x)' in message
+
+    def test_a_group_too_small_for_the_model_is_refused(self):
+        message = helm_error(merged(TWO_GPU_GROUPS, {"app": {"models": {"big": {"worker_group": "l40s"}}}}))
+        assert 'app.models.big.worker_group is "l40s", whose pods have 1 GPU(s), but the model needs 4' in message
+
+    def test_an_accelerator_mismatch_is_refused(self):
+        values = merged(TWO_GPU_GROUPS, {"workerGroups": {"l40s": {"acceleratorType": "L4"}}, "app": {"models": {"chat": {"accelerator_type": "L4"}}}})
+        values = merged(values, {"app": {"models": {"chat": {"worker_group": "l40s-4x"}}}})
+        assert 'whose acceleratorType is "L40S", but the model asks for accelerator_type L4' in helm_error(values)
+
+    def test_cpu_models_name_no_group(self):
+        message = helm_error(merged(CPU_VALUES, {"app": {"models": {"tiny": {"worker_group": "cpu"}}}}))
+        assert "app.models.tiny.worker_group applies to GPU models" in message
+
+    def test_a_gpu_group_may_not_set_resource_start_params(self):
+        values = merged(GPU_VALUES, {"workerGroups": {"l40s": {"acceleratorType": None, "rayStartParams": {"num-cpus": "4"}}}})
+        values = merged(values, {"app": {"models": {"chat": {"accelerator_type": None}}}})
+        assert "workerGroups.l40s sets gpus and rayStartParams.num-cpus; KubeRay rejects" in helm_error(values)
 
 
 def test_cpu_values_are_complete():

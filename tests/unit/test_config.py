@@ -73,3 +73,72 @@ def test_json_schema_has_a_description_for_every_property():
             walk(definition, name)
 
     walk(AppBlock.model_json_schema(), "AppBlock")  # the build args and traffic
+
+
+def test_worker_group_ties_every_bundle_to_the_groups_resource():
+    """Issue 13 item 2: the bundles ask 0.001 of the resource the group advertises (1 per node)."""
+    config = parse_app_config(minimal(tensor_parallel_size=4, accelerator_type="L40S", worker_group="l40s-4x"))
+    llm_config = to_llm_config("chat", config.models["chat"])
+    bundle = {"GPU": 1, "llm-serving-group:l40s-4x": 0.001}
+    assert llm_config.placement_group_config == {"bundles": [bundle] * 4, "strategy": "STRICT_PACK"}
+
+
+def test_the_group_resource_never_looks_like_a_placement_group_resource():
+    # Ray names placement-group resources <resource>_group_<id> (ray/_private/utils.py); the
+    # autoscaler and the GCS would read a custom resource matching those patterns as one of them.
+    from ray._private.utils import (
+        PLACEMENT_GROUP_INDEXED_BUNDLED_RESOURCE_PATTERN,
+        PLACEMENT_GROUP_WILDCARD_RESOURCE_PATTERN,
+    )
+
+    from llm_serving.config import WORKER_GROUP_RESOURCE_PREFIX
+
+    name = WORKER_GROUP_RESOURCE_PREFIX + "l40s-4x"
+    assert not PLACEMENT_GROUP_INDEXED_BUNDLED_RESOURCE_PATTERN.match(name)
+    assert not PLACEMENT_GROUP_WILDCARD_RESOURCE_PATTERN.match(name)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"worker_group": "L40S_4x"}, r"args\.models\.chat\.worker_group: String should match pattern"),
+        ({"device": "cpu", "worker_group": "cpu"}, r"worker_group applies to GPUs; remove it or set device: gpu"),
+    ],
+)
+def test_invalid_worker_group(overrides, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse_app_config(minimal(**overrides))
+
+
+GIB = 2**30
+
+
+def ray_default_object_store(memory_limit: int, shm_size: int, monkeypatch) -> int:
+    """What Ray 2.60 picks when `ray start` has no --object-store-memory, in a pod with this memory
+    limit and /dev/shm (ray/_private/utils.py, resolve_object_store_memory: 30% of the available
+    memory, DEFAULT_OBJECT_STORE_MEMORY_PROPORTION in ray/_private/ray_constants.py, capped at
+    max(10 GB, 95% of /dev/shm)). The available memory at start is the limit at most."""
+    import ray._private.utils as ray_utils
+
+    monkeypatch.setattr(ray_utils.sys, "platform", "linux")
+    monkeypatch.setattr(ray_utils, "get_shared_memory_bytes", lambda: shm_size)
+    return ray_utils.resolve_object_store_memory(memory_limit)
+
+
+@pytest.mark.parametrize(
+    "pod, memory_limit, shm_size",
+    [("1-GPU worker", 28 * GIB, 8 * GIB), ("head", 8 * GIB, 2 * GIB), ("dev-cpu head", 3 * GIB, 512 * 2**20)],
+)
+def test_rays_default_object_store_outgrows_dev_shm_and_the_charts_does_not(pod, memory_limit, shm_size, monkeypatch):
+    """Issue 13 item 3. Ray then puts the store on disk: services.py, determine_plasma_store_config
+    ("This will harm performance"). The chart passes 80% of /dev/shm instead
+    (templates/_helpers.tpl, llm-serving.ray.objectStoreBytes; the rendered value is checked in
+    tests/charts/test_llm_serving_rayservice.py)."""
+    from ray._private.ray_constants import OBJECT_STORE_MINIMUM_MEMORY_BYTES
+
+    assert ray_default_object_store(memory_limit, shm_size, monkeypatch) > shm_size, pod
+    charts = shm_size * 4 // 5
+    assert OBJECT_STORE_MINIMUM_MEMORY_BYTES <= charts <= shm_size
+    import ray._private.utils as ray_utils
+
+    assert ray_utils.resolve_object_store_memory(memory_limit, charts) == charts  # kept as given

@@ -220,7 +220,9 @@ and plain settings.
 - name: LLM_SERVING_CACHE
   value: {{ printf "%s/llm-serving" $root.Values.modelCache.mountPath | quote }}
 {{- end }}
+{{- $workersOnly := include "llm-serving.ray.workerOnlySecretNames" . | splitList "," }}
 {{- range $name, $ref := $root.Values.secretEnv }}
+{{- if or $.worker (not (or $ref.workersOnly (has $name $workersOnly))) }}
 - name: {{ $name }}
   valueFrom:
     secretKeyRef:
@@ -230,10 +232,21 @@ and plain settings.
       optional: {{ $ref.optional }}
       {{- end }}
 {{- end }}
+{{- end }}
 {{- range $name, $value := $root.Values.extraEnv }}
 - name: {{ $name }}
   value: {{ $value | toString | quote }}
 {{- end }}
+{{- end -}}
+
+{{/*
+Usage: {{ include "llm-serving.ray.workerOnlySecretNames" . }}
+secretEnv names that never reach the head, whatever their `workersOnly`: model-hub credentials. The
+head never loads weights (engines run on workers; head.rayStartParams num-cpus "0"), so a token there
+is only exposure.
+*/}}
+{{- define "llm-serving.ray.workerOnlySecretNames" -}}
+HF_TOKEN,HUGGING_FACE_HUB_TOKEN
 {{- end -}}
 
 {{/*
@@ -242,6 +255,60 @@ Names the chart sets itself; secretEnv and extraEnv may not set them (validate.y
 */}}
 {{- define "llm-serving.ray.envNames" -}}
 RAY_SERVE_THROUGHPUT_OPTIMIZED,RAY_SERVE_ENABLE_HA_PROXY,RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING,HF_HOME,LLM_SERVING_CACHE
+{{- end -}}
+
+{{/*
+Usage: {{ include "llm-serving.quantityBytes" "8Gi" }}
+A Kubernetes quantity (the values schema's `quantity`: digits, an optional fraction and suffix) in
+whole bytes.
+*/}}
+{{- define "llm-serving.quantityBytes" -}}
+{{- $q := toString . -}}
+{{- $suffix := regexFind "(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)$" $q -}}
+{{- $number := trimSuffix $suffix $q -}}
+{{- $multipliers := dict "" 1.0 "m" 0.001 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 -}}
+{{- if contains "." $number -}}
+{{- int64 (floor (mulf (float64 $number) (get $multipliers $suffix))) -}}
+{{- else -}}
+{{- mul (int64 $number) (int64 (get $multipliers $suffix)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "llm-serving.ray.objectStoreBytes" "8Gi" }}
+Ray's object store size for a pod whose /dev/shm has this sizeLimit: 80% of it. Left to itself Ray
+2.60 takes 30% of the pod's memory (DEFAULT_OBJECT_STORE_MEMORY_PROPORTION, ray/_private/
+ray_constants.py), capped at max(10 GB, 95% of /dev/shm) (resolve_object_store_memory,
+ray/_private/utils.py), and when that exceeds /dev/shm it puts the store on disk ("This will harm
+performance", determine_plasma_store_config, ray/_private/services.py): a 28Gi pod with an 8Gi
+/dev/shm gets 8.4Gi, on disk. The other 20% is for NCCL and vLLM's shared-memory queues between
+tensor-parallel ranks, which live in /dev/shm too. tests/unit/test_config.py checks the arithmetic
+against Ray's functions.
+*/}}
+{{- define "llm-serving.ray.objectStoreBytes" -}}
+{{- div (mul (int64 (include "llm-serving.quantityBytes" .)) 4) 5 -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "llm-serving.ray.startParams" (dict "params" .Values.head.rayStartParams "sharedMemorySizeLimit" "2Gi") }}
+A group's rayStartParams plus `object-store-memory` sized to its /dev/shm (llm-serving.ray.objectStoreBytes)
+unless the values set it. Not a resource parameter: KubeRay accepts it beside a group's `resources` field.
+*/}}
+{{- define "llm-serving.ray.startParams" -}}
+{{- $params := deepCopy (.params | default dict) -}}
+{{- if not (hasKey $params "object-store-memory") -}}
+{{- $_ := set $params "object-store-memory" (include "llm-serving.ray.objectStoreBytes" .sharedMemorySizeLimit) -}}
+{{- end -}}
+{{- toYaml $params -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "llm-serving.ray.groupResource" "l40s-4x" }}
+The Ray custom resource a GPU worker group advertises (1 per node) so a model naming the group in
+`worker_group` lands only there: llm_serving.config.WORKER_GROUP_RESOURCE_PREFIX + the group name.
+*/}}
+{{- define "llm-serving.ray.groupResource" -}}
+{{- printf "llm-serving-group:%s" . -}}
 {{- end -}}
 
 {{/*

@@ -15,11 +15,15 @@ from llm_serving._ray import (
     to_model_metadata,
     with_ingress_request_router,
 )
-from llm_serving.config import AppConfig, ModelConfig, parse_app_config
+from llm_serving.config import WORKER_GROUP_RESOURCE_PREFIX, AppConfig, ModelConfig, parse_app_config
 from llm_serving.ingress import GatewayIngress
 from llm_serving.rag.store import build_rag_store_deployment
 from llm_serving.serve_config import GATEWAY_DEPLOYMENT
 from llm_serving.server import GatewayLLMServer
+
+# What one bundle asks of its worker group's resource (a node has 1): Ray Serve LLM's own share for
+# the accelerator-type resource, so up to 1000 bundles fit on one node and only GPUs limit them.
+WORKER_GROUP_BUNDLE_SHARE = 0.001
 
 
 def to_llm_config(name: str, model: ModelConfig) -> LLMConfig:
@@ -38,10 +42,23 @@ def to_llm_config(name: str, model: ModelConfig) -> LLMConfig:
         hardware = {"accelerator_config": {"kind": "cpu"}, "placement_group_config": {"bundles": [{"CPU": 1}]}}
     else:
         # One GPU bundle per tensor-parallel rank, packed on one node.
+        bundle: Dict[str, float] = {"GPU": 1}
+        if model.worker_group is not None:
+            # Tie the replica to its worker group: each GPU group advertises 1 of its own custom
+            # resource per node (the group's `resources` field, templates/rayservice.yaml), and
+            # every bundle asks a sliver of it, as Ray Serve LLM itself does for the accelerator
+            # type (ray/llm/_internal/serve/core/configs/accelerators.py, GPUAccelerator
+            # .default_bundles: 0.001 of `accelerator_type:<type>`). A custom resource rather than
+            # node labels and a bundle_label_selector: Serve LLM 2.60's PlacementGroupConfig
+            # (ray/llm/_internal/common/placement.py) forbids extra keys and create_placement_group
+            # passes only bundles and strategy, and a group's `resources` field is what the
+            # autoscaler reads to start a group from zero (ray/autoscaler/_private/kuberay/
+            # autoscaling_config.py, _get_custom_resources).
+            bundle[WORKER_GROUP_RESOURCE_PREFIX + model.worker_group] = WORKER_GROUP_BUNDLE_SHARE
         hardware = {
             "accelerator_type": model.accelerator_type,
             "placement_group_config": {
-                "bundles": [{"GPU": 1}] * model.tensor_parallel_size,
+                "bundles": [dict(bundle) for _ in range(model.tensor_parallel_size)],
                 "strategy": "STRICT_PACK",
             },
         }

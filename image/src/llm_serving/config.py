@@ -41,6 +41,15 @@ DEFAULT_RAG_INSTRUCTIONS = (
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$"
 
+# A worker group name as the chart's values schema allows it (workerGroups keys).
+WORKER_GROUP_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$"
+# The Ray custom resource each GPU worker group of the chart advertises (1 per node, in the group's
+# `resources` field, templates/rayservice.yaml); a model tied to the group asks a sliver of it per
+# bundle, as Ray Serve LLM does for `accelerator_type:<type>`. Ray reserves `<name>_group_<id>` for
+# placement-group resources (ray/_private/utils.py, PLACEMENT_GROUP_*_RESOURCE_PATTERN): group names
+# have no underscore, so this name never looks like one.
+WORKER_GROUP_RESOURCE_PREFIX = "llm-serving-group:"
+
 # Engine arguments the app derives from first-class fields; setting them twice would let the two
 # copies disagree (for example tensor parallelism and the GPU bundles reserved for it).
 ENGINE_KWARGS_OWNED_BY_APP = {
@@ -119,6 +128,15 @@ class ModelConfig(StrictModel):
     tensor_parallel_size: int = Field(
         1, ge=1, le=16, description="GPUs one engine spans; one placement-group bundle is reserved per GPU."
     )
+    worker_group: Optional[str] = Field(
+        None,
+        pattern=WORKER_GROUP_PATTERN,
+        description=(
+            "Name of the chart's worker group (a key of workerGroups) whose nodes the replica must land on; "
+            "required when a profile has more than one GPU worker group, so a small model cannot take a GPU "
+            "of the node a tensor-parallel model needs."
+        ),
+    )
     max_model_len: Optional[int] = Field(None, ge=16, description="Longest prompt plus completion, in tokens.")
     engine_kwargs: Dict[str, Any] = Field(
         default_factory=dict, description="Further vLLM engine arguments, passed through as-is."
@@ -151,6 +169,8 @@ class ModelConfig(StrictModel):
                 raise ValueError("accelerator_type applies to GPUs; remove it or set device: gpu")
             if self.tensor_parallel_size != 1:
                 raise ValueError("tensor_parallel_size must be 1 with device: cpu")
+            if self.worker_group is not None:
+                raise ValueError("worker_group applies to GPUs; remove it or set device: gpu")
         return self
 
 
