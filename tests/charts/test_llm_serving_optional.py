@@ -63,10 +63,15 @@ class TestNetworkPolicy:
         monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
         rules = self.policy({"networkPolicy": {"serveFrom": peers, "metricsFrom": monitoring}})["spec"]["ingress"]
         ray_peers, operator, serve, metrics = rules
-        assert ray_peers == {"from": [{"podSelector": {"matchLabels": {
-            "ray.io/originated-from-cr-name": "test-llm-serving", "ray.io/originated-from-crd": "RayService"}}}]}
+        ray_pods = {"ray.io/originated-from-cr-name": "test-llm-serving", "ray.io/originated-from-crd": "RayService"}
+        # Every port but the dashboard's (tests/charts/test_llm_serving_dashboard.py).
+        assert ray_peers["from"] == [{"podSelector": {"matchLabels": ray_pods}}]
+        assert {"port": 8266, "endPort": 65535, "protocol": "TCP"} in ray_peers["ports"]
         assert operator["ports"] == [{"port": 8265, "protocol": "TCP"}]
-        assert operator["from"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}]
+        assert operator["from"] == [
+            {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}},
+            {"podSelector": {"matchLabels": {**ray_pods, "ray.io/node-type": "head"}}},
+        ]
         test_pod = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "test", "app.kubernetes.io/component": "test"}}}
         assert serve == {"ports": [{"port": 8000, "protocol": "TCP"}], "from": peers + [test_pod]}
         without_tests = self.policy({"networkPolicy": {"serveFrom": peers}, "tests": {"enabled": False}})["spec"]["ingress"]
@@ -201,6 +206,9 @@ TEMPLATE_KINDS = {
     "networkpolicy.yaml": "NetworkPolicy",
     "ingress.yaml": "Ingress",
     "httproute.yaml": "HTTPRoute",
+    "dashboard-ingress.yaml": "Ingress",
+    "dashboard-httproute.yaml": "HTTPRoute",
+    "dashboard-validate.yaml": None,
     "tests/test-endpoint.yaml": "Pod",
     "validate.yaml": None,
     "extra-objects.yaml": None,  # extraObjects: whatever kinds the user lists
