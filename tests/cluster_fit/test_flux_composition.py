@@ -273,3 +273,12 @@ def test_notes_tell_how_to_recover_from_the_initializing_timeout(tmp_path):
     assert "-l app.kubernetes.io/instance=llm,app.kubernetes.io/part-of=llm-serving" in text
     assert "initializingTimeout" not in notes(render.VALUES / "dev-cpu.yaml")
 
+
+
+def test_readme_tells_how_to_recover_from_the_initializing_timeout():
+    """Issue 13.6: the chart README's hand-written section (the values table is generated)."""
+    readme = (render.CHARTS / "llm-serving" / "README.md").read_text()
+    assert "**Recovering from `initializingTimeout`.**" in readme
+    assert "kubectl -n llm delete rayservice llm-llm-serving --wait" in readme
+    assert "flux reconcile helmrelease llm-serving -n flux-system --force" in readme
+    assert "LLMServingRayServiceInitializingTimeout" in readme
