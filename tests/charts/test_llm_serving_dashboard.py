@@ -30,7 +30,7 @@ OAUTH2_PROXY = {
     "nginx.ingress.kubernetes.io/auth-signin": "https://oauth2.example.com/oauth2/start?rd=$escaped_request_uri",
 }
 INGRESS_NAMESPACE = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
-RAY_PODS = {"ray.io/originated-from-cr-name": "test-llm-serving", "ray.io/originated-from-crd": "RayService"}
+RAY_PODS = {"app.kubernetes.io/instance": "test", "app.kubernetes.io/part-of": "llm-serving"}
 
 
 def exposed(**expose: Any) -> Dict[str, Any]:

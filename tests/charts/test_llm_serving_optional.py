@@ -40,8 +40,8 @@ class TestPodDisruptionBudget:
         assert pdb["spec"]["minAvailable"] == 1
         assert "maxUnavailable" not in pdb["spec"]
         assert pdb["spec"]["selector"]["matchLabels"] == {
-            "ray.io/originated-from-cr-name": "test-llm-serving",
-            "ray.io/originated-from-crd": "RayService",
+            "app.kubernetes.io/instance": "test",
+            "app.kubernetes.io/part-of": "llm-serving",
             "ray.io/node-type": "head",
         }
 
@@ -53,8 +53,8 @@ class TestNetworkPolicy:
     def test_selects_all_ray_pods_and_restricts_ingress_only(self):
         policy = self.policy()
         assert policy["spec"]["podSelector"]["matchLabels"] == {
-            "ray.io/originated-from-cr-name": "test-llm-serving",
-            "ray.io/originated-from-crd": "RayService",
+            "app.kubernetes.io/instance": "test",
+            "app.kubernetes.io/part-of": "llm-serving",
         }
         assert policy["spec"]["policyTypes"] == ["Ingress"]
 
@@ -63,7 +63,7 @@ class TestNetworkPolicy:
         monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
         rules = self.policy({"networkPolicy": {"serveFrom": peers, "metricsFrom": monitoring}})["spec"]["ingress"]
         ray_peers, operator, serve, metrics = rules
-        ray_pods = {"ray.io/originated-from-cr-name": "test-llm-serving", "ray.io/originated-from-crd": "RayService"}
+        ray_pods = {"app.kubernetes.io/instance": "test", "app.kubernetes.io/part-of": "llm-serving"}
         # Every port but the dashboard's (tests/charts/test_llm_serving_dashboard.py).
         assert ray_peers["from"] == [{"podSelector": {"matchLabels": ray_pods}}]
         assert {"port": 8266, "endPort": 65535, "protocol": "TCP"} in ray_peers["ports"]

@@ -41,7 +41,7 @@ def failing(rows: List[c.Agreement]) -> List[c.Agreement]:
 
 # Agreements that fail in files this suite's owners do not own; each has a strict xfail below, so the
 # fix shows up as an XPASS to remove from here.
-OPEN_ELSEWHERE = {"serving-pod-selectors"}
+OPEN_ELSEWHERE: set = set()  # agreements known broken and fixed in another chart (none now)
 
 
 def test_every_agreement_holds():
@@ -55,10 +55,6 @@ def test_every_agreement_holds():
     assert not broken, "\n" + c.composition_table(broken)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "charts/llm-serving (llm-serving.ray.podSelector) selects ray.io/originated-from-cr-name, which KubeRay "
-    "v1.7 puts on the RayCluster and Services but not on pods (common/pod.go labelPod): the PDB and "
-    "NetworkPolicy match no Ray pod. Select app.kubernetes.io/instance + part-of, the pod-template labels."))
 def test_serving_pod_selectors_match_the_ray_pods():
     rows = c.check_serving_pod_selectors(FLUX)
     assert rows and not failing(rows), "\n" + c.composition_table(rows)

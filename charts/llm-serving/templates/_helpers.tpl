@@ -77,11 +77,13 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/*
 Usage: {{ include "llm-serving.ray.podSelector" . }}
-Labels KubeRay puts on every Ray pod of this RayService (all its clusters, across upgrades).
+Labels every Ray pod of this release carries (all its clusters, across upgrades): the chart's own
+pod-template labels (llm-serving.ray.podLabels). Not ray.io/originated-from-cr-name: KubeRay v1.7 puts
+that on the RayCluster and its Services, never on pods (ray-operator common/pod.go, labelPod).
 */}}
 {{- define "llm-serving.ray.podSelector" -}}
-ray.io/originated-from-cr-name: {{ include "llm-serving.fullname" . }}
-ray.io/originated-from-crd: RayService
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: llm-serving
 {{- end -}}
 
 {{/*
