@@ -93,7 +93,8 @@ def test_the_check_refuses_what_the_app_would(change, error, message):
 
 
 def test_on_local_cpu_overrides_only_gpu_only_settings():
-    gpu = {"source": "org/a", "accelerator_type": "L40S", "tensor_parallel_size": 4, "max_model_len": 4096}
+    gpu = {"source": "org/a", "accelerator_type": "L40S", "tensor_parallel_size": 4, "max_model_len": 4096,
+           "worker_group": "l40s-4x"}
     application = {**APPLICATION, "args": {**ARGS, "models": {"chat-v1": gpu, "chat-v2": {"source": "org/b"}}}}
     local = on_local_cpu(application)
     assert local["args"]["models"]["chat-v1"] == {"source": "org/a", "device": "cpu", "tensor_parallel_size": 1,

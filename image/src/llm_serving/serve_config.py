@@ -106,6 +106,7 @@ def on_local_cpu(application: Dict[str, Any]) -> Dict[str, Any]:
     changed = copy.deepcopy(application)
     for model in (changed.get("args") or {}).get("models", {}).values():
         if isinstance(model, dict):
-            model.pop("accelerator_type", None)
+            for gpu_only in ("accelerator_type", "worker_group"):
+                model.pop(gpu_only, None)
             model.update(device="cpu", tensor_parallel_size=1)
     return changed
