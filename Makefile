@@ -2,6 +2,7 @@
 #   make serve   serve values/dev-cpu.yaml locally on the CPU (CONFIG=path to serve another file)
 #   make test    run the whole test suite
 # Also: make lint (ruff and mypy on image/src), make bench (benchmarks that print ratios),
+#   make cluster-fit (the EKS fit simulation's tables),
 #   make lock (re-freeze dependencies),
 #   make image (build the CPU image with buildah) and make image-test (build it, serve from it, test it).
 
@@ -9,7 +10,7 @@ VENV  := .venv
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: serve test lint bench lock setup image image-test
+.PHONY: serve test lint bench cluster-fit lock setup image image-test
 
 # The CPU image, built locally (no Docker daemon or Docker Hub needed): see ci/build-image.sh.
 IMAGE ?= localhost/llm-serving:$(shell sed -n 's/^version = "\(.*\)"$$/\1/p' image/pyproject.toml)-cpu
@@ -34,6 +35,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check image/src || status=1; \
 	$(VENV)/bin/mypy --config-file image/pyproject.toml image/src/llm_serving || status=1; \
 	exit $$status
+
+# The EKS fit simulation's tables (tests/cluster_fit asserts them in make test): Karpenter's
+# instance types per worker group, Ray's placement of each model, the Flux releases' agreements.
+cluster-fit: $(STAMP)
+	@export PATH="$(CURDIR)/.tools/bin:$$PATH"; \
+	$(VENV)/bin/python -m tests.cluster_fit.karpenter && \
+	$(VENV)/bin/python -m tests.cluster_fit.placement && \
+	$(VENV)/bin/python -m tests.cluster_fit.composition
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/serving_overhead.py
