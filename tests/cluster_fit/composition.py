@@ -398,6 +398,19 @@ def check_serving_timeout(flux: Flux, profiles: Optional[Iterable[Path]] = None)
     return rows
 
 
+def check_not_ready_alert_waits_for_start_up(flux: Flux, profiles: Iterable[Path]) -> List[Agreement]:
+    """LLMServingRayServiceNotReady (critical) must not page during a start-up the profiles allow:
+    its `for` as the monitoring release renders it >= the longest initializingTimeout."""
+    longest = max((profile_initializing_timeout(p) or 0 for p in profiles), default=0)
+    rules = [o for o in render_release(flux, "llm-monitoring", apis=ALL_APIS) if o["kind"] == "PrometheusRule"]
+    waits = [duration_seconds(rule["for"]) for o in rules for group in o["spec"]["groups"]
+             for rule in group["rules"] if rule.get("alert") == "LLMServingRayServiceNotReady"]
+    return [Agreement("not-ready-alert", "llm-monitoring -> llm-serving start-up",
+                      f"LLMServingRayServiceNotReady for >= {longest // 60}m (longest initializingTimeout)",
+                      f"for {waits[0] // 60}m" if waits else "alert not rendered",
+                      bool(waits) and min(waits) >= longest)]
+
+
 def check_no_uninstall(flux: Flux) -> List[Agreement]:
     spec = flux.releases["llm-serving"]["spec"]
     install, upgrade = spec.get("install", {}), spec.get("upgrade", {})
@@ -477,6 +490,7 @@ def agreements(flux: Optional[Flux] = None) -> List[Agreement]:
     return (check_apis_at_install(flux) + check_prometheus_selects(flux) + check_monitors_find_ray_pods(flux)
             + check_operator_metrics(flux) + check_dashboards_loaded(flux)
             + check_serving_timeout(flux, sorted(render.VALUES.glob("*.yaml")))
+            + check_not_ready_alert_waits_for_start_up(flux, sorted(render.VALUES.glob("*.yaml")))
             + check_no_uninstall(flux) + check_node_pools(flux) + check_external_secrets(flux)
             + check_serving_pod_selectors(flux))
 

@@ -48,7 +48,7 @@ def test_every_agreement_holds():
     rows = c.agreements(FLUX)
     assert {r.name for r in rows} == {
         "apis-at-install", "prometheus-selects", "monitors-find-ray-pods", "operator-metrics",
-        "dashboards-loaded", "serving-timeout", "no-uninstall", "node-pools", "external-secrets",
+        "dashboards-loaded", "serving-timeout", "not-ready-alert", "no-uninstall", "node-pools", "external-secrets",
         "serving-pod-selectors",
     }
     broken = [r for r in failing(rows) if r.name not in OPEN_ELSEWHERE]
@@ -278,3 +278,13 @@ def test_readme_tells_how_to_recover_from_the_initializing_timeout():
     assert "kubectl -n llm delete rayservice llm-llm-serving --wait" in readme
     assert "flux reconcile helmrelease llm-serving -n flux-system --force" in readme
     assert "LLMServingRayServiceInitializingTimeout" in readme
+
+
+def test_the_not_ready_alert_would_page_during_a_70b_start_with_the_charts_default():
+    """The monitoring chart's default `for: 30m` pages during a 90m first start of the 70B profiles;
+    the Flux release raises it. Without its override, the check catches that."""
+    flux = c.Flux.load()
+    alerts = flux.releases["llm-monitoring"]["spec"]["values"]["prometheusRule"]["alerts"]
+    del alerts["LLMServingRayServiceNotReady"]
+    (row,) = c.check_not_ready_alert_waits_for_start_up(flux, sorted(c.render.VALUES.glob("*.yaml")))
+    assert not row.ok and row.found == "for 30m"
