@@ -140,6 +140,14 @@ class Server:
         self.process = subprocess.Popen(self.command, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
                                         env={**os.environ, **self.env, **haproxy_ports()}, cwd=REPO,
                                         start_new_session=True)
+        try:
+            self._wait_until_ready()
+        except BaseException:  # Ctrl-C or SIGTERM while it starts: __exit__ would not run, stop it here
+            self.__exit__()
+            raise
+        return self
+
+    def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -149,7 +157,7 @@ class Server:
                                       headers={"authorization": f"Bearer {API_KEY}"},
                                       json={"model": "tiny-chat", "messages": PROMPT, "max_tokens": 1})
                 if response.status_code == 200:
-                    return self
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(1)
@@ -196,7 +204,12 @@ def servers(work: Path, model_path: str, only: List[str]) -> List[Server]:
     return [candidates[name](free_port()) for name in only]
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # unwinds the `with server:` blocks, which stop the server in its own session
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phases", default="A,B,C;A',B,B0", help="servers measured together, phases split by ;")
     parser.add_argument("--concurrency", default="1,8,32")
