@@ -3,6 +3,7 @@
 #   make test    run the whole test suite
 # Also: make lint (ruff and mypy on image/src), make bench (benchmarks that print ratios),
 #   make cluster-fit (the EKS fit simulation's tables),
+#   make faults (the whole fault battery on the real app; prints its table),
 #   make lock (re-freeze dependencies),
 #   make image (build the CPU image with buildah) and make image-test (build it, serve from it, test it).
 
@@ -10,7 +11,7 @@ VENV  := .venv
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: serve test lint bench cluster-fit lock setup image image-test
+.PHONY: serve test lint bench cluster-fit faults lock setup image image-test
 
 # The CPU image, built locally (no Docker daemon or Docker Hub needed): see ci/build-image.sh.
 IMAGE ?= localhost/llm-serving:$(shell sed -n 's/^version = "\(.*\)"$$/\1/p' image/pyproject.toml)-cpu
@@ -43,6 +44,12 @@ cluster-fit: $(STAMP)
 	$(VENV)/bin/python -m tests.cluster_fit.karpenter && \
 	$(VENV)/bin/python -m tests.cluster_fit.placement && \
 	$(VENV)/bin/python -m tests.cluster_fit.composition
+
+# The fault battery (issue 14): engines, gateways and the GCS killed under load, disconnects,
+# overload, the limits store down, slow clients; prints one row per fault. Its quicker cases also
+# run in make test (tests/e2e/test_faults_*.py).
+faults: $(STAMP)
+	@export PATH="$(CURDIR)/.tools/bin:$$PATH"; $(VENV)/bin/python -m tests.faults
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/serving_overhead.py
