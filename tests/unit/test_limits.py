@@ -1,6 +1,7 @@
 """Per-key limits on both stores: in-process counters and a real redis-server (ci/install-tools.sh)."""
 
 import asyncio
+import subprocess
 import time
 
 import pytest
@@ -109,7 +110,7 @@ def test_unreachable_redis_admits_uncounted():
     async def scenario():
         limiter = RedisLimiter(LimitsConfig(), f"redis://127.0.0.1:{free_port()}/0")
         admission, refusal = await limiter.admit("k", LimitConfig(requests=1), 0)
-        assert refusal is None and not admission.holds_slot
+        assert refusal is None and not admission.holds_slot and admission.uncounted
         await limiter.close()
 
     run(scenario())
@@ -134,3 +135,38 @@ def test_store_choice():
     assert isinstance(build_limiter(LimitsConfig(redis_url_env="R"), {"R": "redis://x:6379/0"}), RedisLimiter)
     with pytest.raises(ValueError, match="REDIS_URL, which is not set"):
         build_limiter(LimitsConfig(redis_url_env="REDIS_URL"), {})
+
+
+def test_counting_resumes_when_redis_comes_back(tmp_path):
+    """Redis stopped: admitted uncounted; started again on the same port: the same limiter counts
+    (and refuses) again, with no restart of the gateway."""
+    async def admit(limiter, limit):
+        return await limiter.admit("resumes", limit, 0)
+
+    async def scenario():
+        with redis_server(tmp_path) as url:
+            limiter = RedisLimiter(LimitsConfig(), url, clock=Clock(360_000.0))
+            limit = LimitConfig(requests=2)
+            admission, _ = await admit(limiter, limit)
+            assert not admission.uncounted
+        # the server is gone now
+        admission, refusal = await admit(limiter, limit)
+        assert refusal is None and admission.uncounted
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        server = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                   "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                 text=True).stdout.strip() != "PONG":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            verdicts = [await admit(limiter, limit) for _ in range(3)]
+            assert [a is not None and not a.uncounted for a, _ in verdicts] == [True, True, False]
+            assert verdicts[2][1].limit == "requests"  # the restarted (empty) store counts from zero
+        finally:
+            server.terminate()
+            server.wait(10)
+            await limiter.close()
+
+    run(scenario())

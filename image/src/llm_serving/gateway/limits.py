@@ -12,8 +12,12 @@ Accounting:
 
 Store: with `limits.redis_url` (or `redis_url_env`), one Redis shared by every gateway replica,
 each admission one atomic Lua script; otherwise counters in this process, so with N replicas a
-key gets up to N times its limits. If Redis cannot be reached, requests are admitted (and a
-warning logged): limits protect capacity, they must not take the service down.
+key gets up to N times its limits. If Redis cannot be reached, requests are admitted uncounted:
+limits protect capacity, they must not take the service down. Each such admission is marked
+(`Admission.uncounted`; the gateway counts them in ray_llm_serving_limits_uncounted_requests_total)
+and a warning is logged at most every 30 s; counting resumes with the first admission that reaches
+Redis again (redis-py reconnects on its own). A slot taken before the outage and released during it
+stays counted in Redis until CONCURRENCY_TTL_S expires it (or Redis restarts empty).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Admission:
     window: int
     reserved_tokens: int
     holds_slot: bool
+    uncounted: bool = False  # admitted without counting: the store was unreachable
 
 
 def window_of(now: float, window_s: int) -> Tuple[int, int]:
@@ -177,7 +182,7 @@ class RedisLimiter:
             )
         except Exception as error:  # Redis down: admit, uncounted, rather than refuse everyone
             self._warn(error)
-            return Admission(key, window, 0, holds_slot=False), None
+            return Admission(key, window, 0, holds_slot=False, uncounted=True), None
         if verdict:
             limit_name = _REFUSED_LIMIT[int(verdict)]
             allowed = getattr(limit, limit_name)
