@@ -1,7 +1,15 @@
 """The retrieval-augmented prompt: which text is searched for and where the sources go."""
 
 from llm_serving.config import DEFAULT_RAG_INSTRUCTIONS
-from llm_serving.rag.prompt import build_rag_messages, format_sources, retrieval_query
+from llm_serving.rag.prompt import (
+    build_rag_messages,
+    capped_sources,
+    format_sources,
+    numbered_sources,
+    rag_messages,
+    retrieval_query,
+    source_lines,
+)
 
 
 def test_query_is_the_last_user_message():
@@ -61,3 +69,15 @@ def test_context_budget_limits_the_sources_cited():
     built, used = build_rag_messages([{"role": "user", "content": "Q"}], ["a" * 60, "b" * 60], max_context_chars=100)
     assert used == 1
     assert "b" * 60 not in built[0]["content"]
+
+
+def test_capped_sources_are_the_texts_behind_the_numbered_lines():
+    texts = ["a" * 40, "b" * 40, "c" * 40]
+    assert capped_sources(texts, 100) == texts[:2]
+    assert numbered_sources(capped_sources(texts, 100)) == source_lines(texts, 100) == [f"[1] {'a' * 40}", f"[2] {'b' * 40}"]
+    assert capped_sources(["x" * 500], 50) == ["x" * 46]  # "[1] " + 46 characters
+
+
+def test_rag_messages_without_sources_keep_the_instructions_and_header():
+    built = rag_messages([{"role": "user", "content": "Q"}], [], instructions="Use the sources.")
+    assert built[0] == {"role": "system", "content": "Use the sources.\n\nSources:\n"}

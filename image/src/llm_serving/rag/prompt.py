@@ -27,20 +27,55 @@ def retrieval_query(messages: Sequence[Dict[str, Any]]) -> Optional[str]:
     return None
 
 
-def format_sources(texts: Sequence[str], max_chars: int) -> Tuple[str, int]:
-    """Numbered sources `[1] text` in rank order, at most `max_chars` characters in all, and how
-    many made it in: whole sources only, except that the first is truncated rather than dropped."""
-    formatted = ""
-    used = 0
+def capped_sources(texts: Sequence[str], max_chars: int) -> List[str]:
+    """The source texts, in rank order, whose numbered lines (see numbered_sources) fit in
+    `max_chars` characters in all: whole sources only, except that the first is truncated rather
+    than dropped."""
+    kept: List[str] = []
+    length = 0
     for number, text in enumerate(texts, start=1):
-        line = f"[{number}] {text}"
-        candidate = f"{formatted}\n{line}" if formatted else line
-        if len(candidate) > max_chars:
-            if not formatted:
-                formatted, used = line[:max_chars], 1
+        prefix = f"[{number}] "
+        added = len(prefix) + len(text) + (1 if kept else 0)  # and the newline before it
+        if length + added > max_chars:
+            if not kept:
+                kept.append(text[: max(max_chars - len(prefix), 0)])
             break
-        formatted, used = candidate, number
-    return formatted, used
+        kept.append(text)
+        length += added
+    return kept
+
+
+def numbered_sources(texts: Sequence[str]) -> List[str]:
+    """`[1] text`, `[2] text`, ...: the lines of the sources block, numbered as cited."""
+    return [f"[{number}] {text}" for number, text in enumerate(texts, start=1)]
+
+
+def source_lines(texts: Sequence[str], max_chars: int) -> List[str]:
+    """The numbered lines of the sources that fit in `max_chars` (see capped_sources)."""
+    return numbered_sources(capped_sources(texts, max_chars))
+
+
+def format_sources(texts: Sequence[str], max_chars: int) -> Tuple[str, int]:
+    """The numbered sources as one block (see source_lines), and how many made it in."""
+    lines = source_lines(texts, max_chars)
+    return "\n".join(lines), len(lines)
+
+
+def rag_messages(
+    messages: Sequence[Dict[str, Any]], lines: Sequence[str], instructions: str = DEFAULT_RAG_INSTRUCTIONS
+) -> List[Dict[str, Any]]:
+    """The conversation with the numbered source `lines` in a system message at its start.
+
+    An existing leading system message is kept and the sources are appended to it (chat templates
+    of many models accept only one system message, first); the other messages are unchanged.
+    """
+    context = f"{instructions}\n\nSources:\n" + "\n".join(lines)
+    rest = list(messages)
+    if rest and isinstance(rest[0], dict) and rest[0].get("role") == "system":
+        first = rest.pop(0)
+        own = message_text(first.get("content"))
+        context = f"{own}\n\n{context}" if own else context
+    return [{"role": "system", "content": context}, *rest]
 
 
 def build_rag_messages(
@@ -49,17 +84,7 @@ def build_rag_messages(
     instructions: str = DEFAULT_RAG_INSTRUCTIONS,
     max_context_chars: int = 6000,
 ) -> Tuple[List[Dict[str, Any]], int]:
-    """The conversation with the retrieved sources in a system message at its start, and how many
-    of the sources fit in `max_context_chars` (the citations name exactly those).
-
-    An existing leading system message is kept and the sources are appended to it (chat templates
-    of many models accept only one system message, first); the other messages are unchanged.
-    """
-    sources, used = format_sources(texts, max_context_chars)
-    context = f"{instructions}\n\nSources:\n{sources}"
-    rest = list(messages)
-    if rest and isinstance(rest[0], dict) and rest[0].get("role") == "system":
-        first = rest.pop(0)
-        own = message_text(first.get("content"))
-        context = f"{own}\n\n{context}" if own else context
-    return [{"role": "system", "content": context}, *rest], used
+    """The conversation with the retrieved sources that fit in `max_context_chars`, and how many
+    fit (the citations name exactly those). Token budgeting is rag/context.py's, on top of this."""
+    lines = source_lines(texts, max_context_chars)
+    return rag_messages(messages, lines, instructions), len(lines)
