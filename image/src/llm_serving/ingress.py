@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, AsyncGenerator, AsyncIterator, Dict, Optional, Tuple
 
 from fastapi import FastAPI
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+from starlette.types import ASGIApp
+from vllm.v1.engine.exceptions import EngineDeadError
 
 from llm_serving._ray import (
     SetRequestIdMiddleware,
@@ -23,12 +26,15 @@ from llm_serving._ray import (
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.metrics import GatewayMetrics
 from llm_serving.gateway.middleware import build_gateway, key_store_for
+from llm_serving.gateway.stream_failures import EngineUnavailable, StreamFailureLayer
 from llm_serving.gateway.traffic import TrafficControl
 from llm_serving.rag.routes import rag_layer
 
 logger = logging.getLogger(__name__)
 
 READINESS_POLL_INTERVAL_S = 1.0
+# How often a request waiting for the engine's first response checks that its model is still ready.
+FIRST_RESPONSE_READINESS_CHECK_S = 0.5
 
 
 def _ingress_fastapi_app() -> FastAPI:
@@ -102,13 +108,43 @@ class _GatewayOpenAiIngress(OpenAiIngress):
         """Serve's user_config: aliases, sticky routing and limits, applied in place."""
         await self._traffic.reconfigure(user_config)
 
+    async def _get_response(self, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        """The engine's responses, with what clients see when its replica dies (killed, out of
+        memory, its node lost) made explicit, instead of Ray Serve LLM's 500, a stream cut without
+        a word, or a request waiting in Serve's router for a replacement replica (a minute or more):
+        - the replica's death, or its vLLM engine's (EngineDeadError: the replica answers every
+          request with it until Serve's health check replaces the replica, tens of seconds), is
+          EngineUnavailable: 503 + Retry-After before the stream starts, an error event inside it
+          (gateway/stream_failures.py);
+        - a request still waiting for its first response when the model stops being ready (no
+          running replica: the one it was routed to died) is given up the same way."""
+        model = getattr(kwargs.get("body"), "model", None)
+        responses = super()._get_response(**kwargs).__aiter__()
+        try:
+            first = await self._first_while_ready(responses, model)
+            yield first
+            async for response in responses:
+                yield response
+        except (RayActorError, EngineDeadError) as error:
+            raise EngineUnavailable(model) from error
+
+    async def _first_while_ready(self, responses: AsyncIterator[Any], model: Optional[str]) -> Any:
+        first = asyncio.ensure_future(responses.__anext__())
+        while True:
+            done, _ = await asyncio.wait({first}, timeout=FIRST_RESPONSE_READINESS_CHECK_S)
+            if done:
+                return first.result()
+            if model is not None and self._readiness().get(model) is False:
+                first.cancel()
+                raise EngineUnavailable(model)
+
 
 # make_fastapi_ingress builds the class at import (Ray Serve LLM's documented way to add routes).
 class GatewayIngress(make_fastapi_ingress(_GatewayOpenAiIngress, app=_ingress_fastapi_app())):  # type: ignore[misc]
     async def __init__(self, *args, **kwargs):
         await super().__init__(*args, **kwargs)
         self._readiness.start()
-        app = asgi_app_of(self)
+        app: ASGIApp = StreamFailureLayer(asgi_app_of(self))
         if self._rag is not None:  # /v1/rag/... and `rag` on chat, inside the gateway's checks
             app = rag_layer(app, self._rag, default_handles(self), self._rag_store)
         set_asgi_app(
