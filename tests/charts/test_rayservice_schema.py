@@ -22,6 +22,12 @@ VARIANTS = {
         "upgradeStrategy": {"type": "NewClusterWithIncrementalUpgrade", "clusterUpgradeOptions": {"gatewayClassName": "istio"}}
     },
     "no-autoscaler": {"autoscaler": {"enabled": False}, "workerGroups": {"l40s": {"minReplicas": 1}}},
+    "gcs-fault-tolerance": {
+        "gcsFaultTolerance": {"enabled": True, "redisAddress": "rediss://redis.example:6380",
+                              "redisPassword": {"existingSecret": "gcs-redis"}, "redisUsername": {"existingSecret": "gcs-redis"},
+                              "externalStorageNamespace": "llm"},
+        "upgradeStrategy": {"type": "None"},
+    },
     "everything-optional": {
         "initializingTimeout": "1h",
         "serveService": {"type": "LoadBalancer", "annotations": {"a": "b"}, "labels": {"c": "d"}},
@@ -127,6 +133,9 @@ STRICTER_THAN_UPSTREAM = {
     "bad-initializing-timeout": lambda rs: rs["metadata"].update(annotations={"ray.io/initializing-timeout": "0"}),
     "group-name-not-a-label": lambda rs: rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0].update(groupName="GPU_1"),
     "no-ray-version": lambda rs: rs["spec"]["rayClusterConfig"].pop("rayVersion"),
+    "plain-redis-password": lambda rs: rs["spec"]["rayClusterConfig"].update(
+        gcsFaultToleranceOptions={"redisAddress": "redis:6379", "redisPassword": {"value": "hunter2"}}),
+    "gcs-ft-without-address": lambda rs: rs["spec"]["rayClusterConfig"].update(gcsFaultToleranceOptions={}),
 }
 
 

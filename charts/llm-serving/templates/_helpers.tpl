@@ -406,3 +406,46 @@ The taint every GPU node pool of the karpenter-nodepools chart carries.
   value: "true"
   effect: NoSchedule
 {{- end -}}
+
+{{/*
+Usage: {{ include "llm-serving.gcsFaultToleranceOptions" . }}
+The RayCluster's `gcsFaultToleranceOptions` (Redis backend) from .Values.gcsFaultTolerance: the
+address, and the password and user name only as `valueFrom.secretKeyRef` (templates/validate.yaml
+refuses a plain-text password before this renders). What KubeRay v1.7.0 does with them
+(ray-operator/controllers/ray/common/pod.go, configureGCSFaultTolerance and configureRedisFT, at tag
+v1.7.0): on the head container RAY_REDIS_ADDRESS=<redisAddress>, REDIS_PASSWORD and REDIS_USERNAME
+from these references (with rayStartParams redis-password: $REDIS_PASSWORD, redis-username:
+$REDIS_USERNAME), RAY_external_storage_namespace=<externalStorageNamespace, else the RayCluster UID>
+and the pod annotations ray.io/ft-enabled: "true" and ray.io/external-storage-namespace; on worker
+containers RAY_gcs_rpc_server_reconnect_timeout_s=600 unless set (utils/constant.go
+DefaultWorkerRayGcsReconnectTimeoutS). The RayCluster also gets the finalizer
+ray.io/gcs-ft-redis-cleanup-finalizer: on deletion a Job deletes the storage namespace from Redis
+(raycluster_controller.go, buildRedisCleanupJob).
+*/}}
+{{- define "llm-serving.gcsFaultToleranceOptions" -}}
+{{- $ft := .Values.gcsFaultTolerance -}}
+{{- $options := dict "redisAddress" $ft.redisAddress -}}
+{{- range $field := list "redisPassword" "redisUsername" -}}
+{{- $ref := get $ft $field -}}
+{{- if and (kindIs "map" $ref) $ref.existingSecret -}}
+{{- $_ := set $options $field (dict "valueFrom" (dict "secretKeyRef" (dict "name" $ref.existingSecret "key" $ref.key))) -}}
+{{- end -}}
+{{- end -}}
+{{- with $ft.externalStorageNamespace -}}
+{{- $_ := set $options "externalStorageNamespace" . -}}
+{{- end -}}
+{{- toYaml $options -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "llm-serving.gcsFaultToleranceEnvNames" . }}
+Variables KubeRay v1.7.0 derives from gcsFaultToleranceOptions; its validation
+(utils/validation.go, ValidateRayClusterSpec) refuses a head container that sets them itself
+(RAY_REDIS_ADDRESS without the options "implicitly enables GCS fault tolerance"; REDIS_PASSWORD with
+them; REDIS_USERNAME always), and a RAY_external_storage_namespace already on the container wins over
+the options (configureRedisFT), which would bypass the externalStorageNamespace check. So extraEnv
+and secretEnv may not set them (validate.yaml).
+*/}}
+{{- define "llm-serving.gcsFaultToleranceEnvNames" -}}
+RAY_REDIS_ADDRESS,REDIS_PASSWORD,REDIS_USERNAME,RAY_external_storage_namespace
+{{- end -}}
