@@ -183,6 +183,15 @@ class TestNodePools:
         assert pool["template"]["spec"]["terminationGracePeriod"] == "2h"
         assert pool["template"]["spec"]["nodeClassRef"] == {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "gpu"}
 
+    def test_the_head_pool_never_expires_by_default(self):
+        """Issue 14: the `cpu` pool hosts the Ray heads; expiry is forceful, and a head without GCS
+        fault tolerance takes every replica with it. GPU pools keep their monthly expiry."""
+        pools = nodepools(render_objects())
+        assert pools["cpu"]["spec"]["template"]["spec"]["expireAfter"] == "Never"
+        assert pools["gpu-l40s"]["spec"]["template"]["spec"]["expireAfter"] == "720h"
+        expiring = nodepools(render_objects({"nodePoolDefaults": {"cpu": {"expireAfter": "720h"}}}))
+        assert expiring["cpu"]["spec"]["template"]["spec"]["expireAfter"] == "720h"
+
     def test_a_pool_key_overrides_one_default_including_false_and_zero_like_values(self):
         pools = nodepools(render_objects({"rayImageArchitectures": ["amd64", "arm64"], "nodePools": {"gpu-l4": {"expireAfter": "Never", "architectures": ["arm64"]}}}))
         assert pools["gpu-l4"]["spec"]["template"]["spec"]["expireAfter"] == "Never"
