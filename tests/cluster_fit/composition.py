@@ -29,6 +29,10 @@ Then the cross-release agreements are checked (`agreements()`), each a row of th
   prerequisites in deploy/flux/README.md.
 - serving-pod-selectors: llm-serving's PodDisruptionBudget and NetworkPolicy select its Ray pods by
   labels those pods carry.
+- head-pool-expiry: for every profile in values/, the NodePool its Ray head selects either never
+  expires its nodes (`expireAfter: Never`) or the profile has GCS fault tolerance on (the RayService
+  renders `gcsFaultToleranceOptions`). Karpenter's expiry is forceful, and without GCS fault
+  tolerance the head's restart restarts every replica and engine: a periodic outage of every model.
 
 Facts about other projects are copied here with their source (nothing reads outside the repository):
 
@@ -45,6 +49,12 @@ Facts about other projects are copied here with their source (nothing reads outs
   duration or integer seconds (getInitializingTimeout); past it the RayService gets Ready=False with
   reason InitializingTimeout, terminal (isInitializingTimeout: "The user must delete and recreate the
   RayService to recover").
+- KubeRay v1.7.0 common/pod.go `configureGCSFaultTolerance`: GCS fault tolerance is on when the
+  RayCluster (copied from the RayService's rayClusterConfig) has `gcsFaultToleranceOptions` (or the
+  deprecated annotation `ray.io/ft-enabled: "true"`, which the chart never renders; utils/util.go
+  IsGCSFaultToleranceEnabled). Karpenter v1 (NodePool `spec.template.spec.expireAfter`, default 720h,
+  `Never` disables it; the default is in tests/schemas/upstream/karpenter.sh/nodepool_v1.json): expiry is forceful, do-not-disrupt pods and budgets do not block it, they wait
+  at most `terminationGracePeriod` (karpenter.sh docs, concepts/disruption, "Expiration").
 - kube-prometheus-stack: with its default `prometheus.prometheusSpec.{serviceMonitor,podMonitor,rule}
   SelectorNilUsesHelmValues: true` its Prometheus selects `release: <Helm release name>`; its Grafana
   sidecar (`grafana.sidecar.dashboards`, label grafana_dashboard, labelValue "1") watches its own
@@ -485,6 +495,40 @@ def check_serving_pod_selectors(flux: Flux, profile: Optional[Path] = None) -> L
     return rows
 
 
+def head_pool(rayservice: Dict[str, Any]) -> Optional[str]:
+    """The node pool (llm-serving.io/node-pool) the RayService's head selects, if any."""
+    spec = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    return (spec.get("nodeSelector") or {}).get("llm-serving.io/node-pool")
+
+
+def gcs_fault_tolerant(rayservice: Dict[str, Any]) -> bool:
+    return bool(rayservice["spec"]["rayClusterConfig"].get("gcsFaultToleranceOptions"))
+
+
+def check_head_pool_expiry(flux: Flux, profiles: Optional[Iterable[Path]] = None) -> List[Agreement]:
+    """Per profile: the head's NodePool (as the karpenter-nodepools release deploys it) never expires
+    its nodes, or the profile runs the GCS fault tolerant."""
+    pools = {p["metadata"]["name"]: p for p in render.by_kind(render_release(flux, "karpenter-nodepools"), "NodePool")}
+    rows = []
+    for profile in profiles or [flux.profile()]:
+        rayservice = render.one(render_release(flux, "llm-serving", apis=ALL_APIS, profile=profile), "RayService")
+        pool_name = head_pool(rayservice)
+        fault_tolerant = gcs_fault_tolerant(rayservice)
+        where = f"{profile.relative_to(render.REPO)} head -> karpenter-nodepools"
+        expected = "head pool expireAfter Never, or GCS fault tolerance on"
+        if pool_name is None:
+            rows.append(Agreement("head-pool-expiry", where, expected, "head selects no node pool (not a Karpenter pool)", True))
+            continue
+        if pool_name not in pools:
+            rows.append(Agreement("head-pool-expiry", where, expected, f"pool {pool_name} not deployed", False))
+            continue
+        expire_after = str(pools[pool_name]["spec"]["template"]["spec"].get("expireAfter", "720h"))
+        ft = "GCS FT on" if fault_tolerant else "GCS FT off"
+        rows.append(Agreement("head-pool-expiry", where, expected, f"pool {pool_name} expireAfter {expire_after}, {ft}",
+                              expire_after == "Never" or fault_tolerant))
+    return rows
+
+
 def agreements(flux: Optional[Flux] = None) -> List[Agreement]:
     flux = flux or Flux.load()
     return (check_apis_at_install(flux) + check_prometheus_selects(flux) + check_monitors_find_ray_pods(flux)
@@ -492,7 +536,8 @@ def agreements(flux: Optional[Flux] = None) -> List[Agreement]:
             + check_serving_timeout(flux, sorted(render.VALUES.glob("*.yaml")))
             + check_not_ready_alert_waits_for_start_up(flux, sorted(render.VALUES.glob("*.yaml")))
             + check_no_uninstall(flux) + check_node_pools(flux) + check_external_secrets(flux)
-            + check_serving_pod_selectors(flux))
+            + check_serving_pod_selectors(flux)
+            + check_head_pool_expiry(flux, sorted(render.VALUES.glob("*.yaml"))))
 
 
 def composition_table(rows: List[Agreement]) -> str:
@@ -507,7 +552,7 @@ def composition_table(rows: List[Agreement]) -> str:
 def print_composition_table(flux: Optional[Flux] = None) -> List[Agreement]:
     flux = flux or Flux.load()
     rows = agreements(flux)
-    print(f"deploy/flux with profile {flux.profile().relative_to(render.REPO)}; serving-timeout rows: every profile in values/")
+    print(f"deploy/flux with profile {flux.profile().relative_to(render.REPO)}; serving-timeout and head-pool-expiry rows: every profile in values/")
     print(composition_table(rows))
     return rows
 

@@ -49,7 +49,7 @@ def test_every_agreement_holds():
     assert {r.name for r in rows} == {
         "apis-at-install", "prometheus-selects", "monitors-find-ray-pods", "operator-metrics",
         "dashboards-loaded", "serving-timeout", "not-ready-alert", "no-uninstall", "node-pools", "external-secrets",
-        "serving-pod-selectors",
+        "serving-pod-selectors", "head-pool-expiry",
     }
     broken = [r for r in failing(rows) if r.name not in OPEN_ELSEWHERE]
     assert not broken, "\n" + c.composition_table(broken)
@@ -288,3 +288,61 @@ def test_the_not_ready_alert_would_page_during_a_70b_start_with_the_charts_defau
     del alerts["LLMServingRayServiceNotReady"]
     (row,) = c.check_not_ready_alert_waits_for_start_up(flux, sorted(c.render.VALUES.glob("*.yaml")))
     assert not row.ok and row.found == "for 30m"
+
+
+# ------------------------------------------------------------------ the head's pool does not expire under it
+
+def test_every_profile_heads_pool_never_expires_or_has_gcs_fault_tolerance():
+    rows = c.check_head_pool_expiry(FLUX, PROFILES)
+    assert len(rows) == len(PROFILES) and not failing(rows), "\n" + c.composition_table(rows)
+    found = {row.between.split()[0]: row.found for row in rows}
+    assert found["values/single-gpu-8b.yaml"] == "pool cpu expireAfter Never, GCS FT off"
+    assert found["values/high-availability-8b.yaml"] == "pool cpu expireAfter Never, GCS FT on"
+
+
+def test_an_expiring_head_pool_is_caught_unless_the_profile_has_gcs_fault_tolerance():
+    """Issue 14: `expireAfter: 720h` on the `cpu` pool (the old default) is a monthly outage for every
+    profile without GCS fault tolerance; the profile with it may run on an expiring pool."""
+    flux = with_release("karpenter-nodepools", lambda spec: spec["values"].update(
+        nodePoolDefaults={"cpu": {"expireAfter": "720h"}}))
+    rows = {row.between.split()[0]: row for row in c.check_head_pool_expiry(flux, PROFILES)}
+    assert not rows["values/single-gpu-8b.yaml"].ok
+    assert rows["values/single-gpu-8b.yaml"].found == "pool cpu expireAfter 720h, GCS FT off"
+    assert rows["values/high-availability-8b.yaml"].ok
+    assert rows["values/dev-cpu.yaml"].ok  # no node-pool selector: not on a Karpenter pool
+    assert {name for name, row in rows.items() if not row.ok} == {
+        f"values/{p.name}" for p in PROFILES if p.stem not in ("dev-cpu", "high-availability-8b")}
+
+
+def test_notes_tell_that_the_delete_waits_for_the_redis_cleanup_with_gcs_fault_tolerance(tmp_path):
+    import shutil
+
+    chart = tmp_path / "llm-serving"
+    shutil.copytree(render.CHARTS / "llm-serving", chart, symlinks=True)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes-under-test.txt")
+    (chart / "templates" / "notes-under-test.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+        'data:\n  notes: {{ tpl (.Files.Get "notes-under-test.txt") . | quote }}\n'
+    )
+
+    def notes(profile: Path) -> str:
+        objects = render.render_chart("llm-serving", values_files=[profile], chart_dir=chart, namespace="llm",
+                                      release="llm", show_only=["templates/notes-under-test.yaml"])
+        return render.one(objects, "ConfigMap")["data"]["notes"]
+
+    text = notes(render.VALUES / "high-availability-8b.yaml")
+    assert "kubectl -n llm get rayservice llm-llm-serving -o jsonpath=" in text and "InitializingTimeout" in text
+    assert "kubectl -n llm delete rayservice llm-llm-serving --wait" in text
+    assert "ray.io/gcs-ft-redis-cleanup-finalizer" in text and "redis-master.redis.svc:6379" in text
+    assert "gcs-ft-redis-cleanup-finalizer" not in notes(render.VALUES / "single-gpu-8b.yaml")
+
+
+def test_readme_says_what_the_operator_does_with_gcs_fault_tolerance():
+    readme = (render.CHARTS / "llm-serving" / "README.md").read_text()
+    section = readme.split("## GCS fault tolerance", 1)[1].split("\n## ", 1)[0]
+    for fact in ("RAY_REDIS_ADDRESS", "REDIS_PASSWORD", "RAY_external_storage_namespace",
+                 "RAY_gcs_rpc_server_reconnect_timeout_s=600", "ray.io/ft-enabled", "gcs-ft-redis-cleanup-finalizer",
+                 "values/high-availability-8b.yaml", "expireAfter: Never"):
+        assert fact in section, fact
+    recovery = readme.split("**Recovering from `initializingTimeout`.**", 1)[1].split("\n## ", 1)[0]
+    assert "ray.io/gcs-ft-redis-cleanup-finalizer" in recovery
