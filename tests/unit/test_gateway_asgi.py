@@ -120,6 +120,24 @@ def test_an_undeclared_body_over_the_limit_is_refused_while_reading():
     assert run(read_body(http_scope(), Client(*[b"x" * 500] * 10).receive)) == b"x" * 5000  # no limit: all of it
 
 
+def test_a_body_slower_than_the_deadline_is_refused_with_408():
+    """A client that trickles its body (each chunk in time for an idle timeout, the whole never)."""
+    class Trickle:
+        received = 0
+
+        async def receive(self):
+            await asyncio.sleep(0.05)
+            self.received += 1
+            return {"type": "http.request", "body": b"x", "more_body": True}
+
+    client = Trickle()
+    error = refusal(lambda: read_body(http_scope([(b"content-length", b"2000")]), client.receive, timeout_s=0.3))
+    status, body = run(error_response(error))
+    assert status == 408 and body["code"] == "request_timeout" and body["type"] == "invalid_request_error"
+    assert body["message"].startswith("The request body did not arrive within 0.3 s (")
+    assert 3 <= client.received <= 7  # stopped at the deadline, not at the end of the 2000 bytes
+
+
 @pytest.mark.parametrize("body, message", [
     (b"{not json", "Request body is not valid JSON: Expecting property name enclosed in double quotes"),
     (b"\xff\xfe", "Request body is not valid JSON:"),

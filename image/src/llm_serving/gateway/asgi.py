@@ -8,6 +8,7 @@ Pure ASGI on starlette's types: the layers wrap either our ingress app or vLLM's
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -16,6 +17,11 @@ from starlette.types import Message, Receive, Scope, Send
 from llm_serving.gateway.errors import GatewayError
 
 Headers = List[Tuple[bytes, bytes]]
+
+# A request body must arrive whole within this long (a client that sends it slower than its
+# Content-Length promises gets 408). HAProxy's `timeout client` cannot bound it: it is an idle
+# timeout, and a byte now and then keeps the connection busy.
+BODY_READ_TIMEOUT_S = 30.0
 
 
 def header(scope: Scope, name: bytes) -> Optional[str]:
@@ -36,26 +42,38 @@ def request_too_large(limit: int) -> GatewayError:
     return GatewayError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large")
 
 
-async def read_body(scope: Scope, receive: Receive, limit: Optional[int] = None) -> bytes:
+async def read_body(
+    scope: Scope, receive: Receive, limit: Optional[int] = None, timeout_s: float = BODY_READ_TIMEOUT_S
+) -> bytes:
     """The whole request body. With a `limit`, a larger body is refused (413) by its declared length
-    before anything is read, or while reading when it has none, so it is never held in full."""
+    before anything is read, or while reading when it has none, so it is never held in full. A body
+    that has not arrived whole within `timeout_s` is refused with 408."""
     if limit is not None:
         declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise request_too_large(limit)
     chunks = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if limit is not None and size > limit:
-            raise request_too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    raise request_too_large(limit)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        raise GatewayError(
+            408,
+            f"The request body did not arrive within {timeout_s:g} s ({size} bytes received); "
+            "send the whole body at once, at the speed your connection allows.",
+            code="request_timeout",
+        ) from None
     return b"".join(chunks)
 
 
