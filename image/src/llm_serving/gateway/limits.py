@@ -157,6 +157,7 @@ class RedisLimiter:
         self._redis = redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self._admit = self._redis.register_script(_ADMIT_SCRIPT)
         self._last_warning = 0.0
+        self._store_down = False
 
     @staticmethod
     def _names(key: str, window: int) -> Tuple[str, str, str]:
@@ -183,6 +184,9 @@ class RedisLimiter:
         except Exception as error:  # Redis down: admit, uncounted, rather than refuse everyone
             self._warn(error)
             return Admission(key, window, 0, holds_slot=False, uncounted=True), None
+        if self._store_down:
+            self._store_down = False
+            logger.warning("rate-limit store reachable again, requests are counted again")
         if verdict:
             limit_name = _REFUSED_LIMIT[int(verdict)]
             allowed = getattr(limit, limit_name)
@@ -206,7 +210,8 @@ class RedisLimiter:
 
     def _warn(self, error: Exception) -> None:
         now = time.monotonic()
-        if now - self._last_warning > 30:
+        if not self._store_down or now - self._last_warning > 30:  # at once when it goes down, then every 30 s
+            self._store_down = True
             self._last_warning = now
             logger.warning("rate-limit store unreachable, admitting requests uncounted: %s", error)
 
