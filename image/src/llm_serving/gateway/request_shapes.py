@@ -35,6 +35,9 @@ EMBEDDINGS_PATH = "/v1/embeddings"
 
 Loc = Tuple[Union[int, str], ...]
 
+# The roles of OpenAI's message types; vLLM also takes any other role, with looser content parts.
+OPENAI_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+
 # Pydantic error types that mean "wrong JSON type" (code invalid_type); any other is a wrong value.
 _TYPE_ERRORS = {"int_from_float", "model_type", "model_attributes_type", "dataclass_type", "is_instance_of"}
 _LONGEST_VALUE_SHOWN = 60
@@ -84,9 +87,10 @@ def _request_model(path: str, payload: Dict[str, Any]) -> Optional[Type[BaseMode
 
 def _check_messages(messages: List[Any]) -> None:
     """The shape of each chat message: an object with a string `role`; `content` a string, null, or
-    an array of parts (objects with a string `type`: vLLM validates a user message's parts as
-    OpenAI's typed parts); `tool_calls` an array of OpenAI tool calls; `name` and `tool_call_id`
-    strings. The parts' own fields are left to vLLM's models."""
+    an array of parts (objects with a string `type`; in messages of OpenAI's roles vLLM validates
+    them as OpenAI's typed parts, so a plain string there fails in the engine); `tool_calls` an
+    array of OpenAI tool calls; `name` and `tool_call_id` strings. The parts' own fields are left
+    to vLLM's models."""
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
@@ -105,6 +109,8 @@ def _check_messages(messages: List[Any]) -> None:
         if isinstance(content, list):
             for part_index, part in enumerate(content):
                 part_where = f"{where}.content[{part_index}]"
+                if isinstance(part, str) and role not in OPENAI_ROLES:
+                    continue  # vLLM takes plain-string parts only in messages of its own (custom) roles
                 if not isinstance(part, dict):
                     raise _wrong_type(part_where, 'an object such as {"type": "text", "text": "..."}', part)
                 if not isinstance(part.get("type"), str):
@@ -218,6 +224,7 @@ def _closest_alternative(located: List[Tuple[Loc, ErrorDetails]]) -> List[Tuple[
         by_member.setdefault(_member(error["loc"]), []).append((where, error))
     plausible = [errors for errors in by_member.values() if not any(e["type"] == "literal_error" for _, e in errors)]
     members = plausible or list(by_member.values())
+
     # Fewest errors, then the one that got furthest into the body; equals are reported together
     # ("a valid integer or a valid string"), in pydantic's order.
     def closeness(errors: List[Tuple[Loc, ErrorDetails]]) -> Tuple[int, int]:
