@@ -151,10 +151,22 @@ class RedisLimiter:
 
     def __init__(self, config: LimitsConfig, url: str, clock: Callable[[], float] = time.time):
         import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError, TimeoutError
 
         self.window_s = config.window_seconds
         self._clock = clock
-        self._redis = redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        # One immediate retry on a new connection: after Redis restarts, every pooled connection is
+        # stale once, and without it that request would go uncounted (and a settle's decrement be lost,
+        # leaving a `concurrent` slot taken for CONCURRENCY_TTL_S).
+        self._redis = redis.from_url(
+            url,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[ConnectionError, TimeoutError],
+        )
         self._admit = self._redis.register_script(_ADMIT_SCRIPT)
         self._last_warning = 0.0
         self._store_down = False
