@@ -468,9 +468,10 @@ def raw_request_head(instance: Instance, body_length: int) -> bytes:
 
 
 def until_closed(sock: socket.socket, deadline_s: float, trickle: Optional[Callable[[], None]] = None,
-                 ) -> Tuple[Optional[float], bytes]:
-    """Seconds until the server closes the connection (None: still open at `deadline_s`), and what it
-    sent. `trickle` is called about once a second meanwhile (a slow sender's next bytes)."""
+                 until: Optional[Callable[[bytes], bool]] = None) -> Tuple[Optional[float], bytes]:
+    """Seconds until the server closes the connection, or until what it sent satisfies `until`
+    (None: neither by `deadline_s`), and what it sent. `trickle` is called about once a second
+    meanwhile (a slow sender's next bytes)."""
     started, received = time.monotonic(), b""
     sock.settimeout(1.0)
     while time.monotonic() - started < deadline_s:
@@ -479,6 +480,8 @@ def until_closed(sock: socket.socket, deadline_s: float, trickle: Optional[Calla
             if not data:
                 return time.monotonic() - started, received
             received += data
+            if until is not None and until(received):
+                return time.monotonic() - started, received
         except socket.timeout:
             if trickle is not None:
                 try:
@@ -499,18 +502,23 @@ def status_of(response: bytes) -> str:
 
 
 def case_slow_clients(instance: Instance) -> FaultResult:
-    from llm_serving.gateway import asgi
+    from llm_serving.gateway.asgi import BODY_READ_TIMEOUT_S  # the gateway's bound for a request body
 
-    BODY_READ_TIMEOUT_S = getattr(asgi, "BODY_READ_TIMEOUT_S", 30.0)  # the gateway's bound for a request body
     deadline_s = max(HAPROXY_CLIENT_TIMEOUT_S, BODY_READ_TIMEOUT_S) + 30
     result = FaultResult(
         fault="stalled headers, a body slower than its Content-Length, a stream never read",
         sent=3, failed=0,
-        bound=(f"headers/unread stream closed by {HAPROXY_CLIENT_TIMEOUT_S} s (+5), slow body 408 by "
-               f"{BODY_READ_TIMEOUT_S:.0f} s (+5); probe p99 < 2 s, no probe error"),
+        bound=(f"stalled headers closed by {HAPROXY_CLIENT_TIMEOUT_S} s (+5), slow body 408 by "
+               f"{BODY_READ_TIMEOUT_S:.0f} s (+5), unread stream cut or whole; probe p99 < max(2 s, 2x before), "
+               "no probe error"),
     )
     probe_client = instance.client(LOAD_KEY, timeout=30)
-    baseline = [short_request(probe_client)[1] for _ in range(10)]
+    baseline = []
+    baseline_until = time.monotonic() + 10
+    while time.monotonic() < baseline_until:  # the probe's own pace before the slow clients come
+        baseline.append(short_request(probe_client)[1])
+        time.sleep(0.3)
+    baseline_p99 = sorted(baseline)[min(len(baseline) - 1, int(len(baseline) * 0.99))]
     stop_probe = threading.Event()
     probes: List[Tuple[str, float]] = []
 
@@ -536,8 +544,9 @@ def case_slow_clients(instance: Instance) -> FaultResult:
                 sock.sendall(body[sent[0]:sent[0] + 1])
                 sent[0] += 1
 
-            closed_s, answer = until_closed(sock, deadline_s, trickle)
-        return status_of(answer), closed_s
+            # Its answer is what bounds it (the connection itself stays open while it keeps sending).
+            answered_s, answer = until_closed(sock, deadline_s, trickle, until=lambda data: b"\r\n\r\n" in data)
+        return status_of(answer), answered_s
 
     def never_reads() -> Tuple[str, Optional[float]]:
         # 20 log-probabilities per token: ~0.5 MB of events, more than the socket buffers on the way hold.
@@ -550,11 +559,13 @@ def case_slow_clients(instance: Instance) -> FaultResult:
         with sock:
             sock.sendall(raw_request_head(instance, len(body)) + body)
             started = time.monotonic()
-            time.sleep(HAPROXY_CLIENT_TIMEOUT_S + 5)  # reads nothing
-            closed_s, answer = until_closed(sock, 5)  # then sees whether the server gave up on it
+            time.sleep(HAPROXY_CLIENT_TIMEOUT_S + 15)  # reads nothing
+            # Then reads on: the server gave up on it (closed before the end of the stream), or the
+            # whole stream had fitted in the buffers on the way (nothing was held back).
+            ended_s, answer = until_closed(sock, 60, until=lambda data: b"data: [DONE]" in data)
             whole = b"data: [DONE]" in answer
-            status = f"{status_of(answer)}, {len(answer) // 1024} KiB {'whole' if whole else 'cut'}"
-            return status, None if closed_s is None else time.monotonic() - started
+            status = f"{status_of(answer)}, {len(answer) // 1024} KiB, {'whole' if whole else 'cut by the server'}"
+            return status, None if ended_s is None else time.monotonic() - started
 
     threading.Thread(target=probe, daemon=True).start()
     with ThreadPoolExecutor(3) as pool:
@@ -575,8 +586,7 @@ def case_slow_clients(instance: Instance) -> FaultResult:
                  f"stalled headers held {shown(headers_s)}")
     result.check(body_s is not None and body_s <= BODY_READ_TIMEOUT_S + 5 and body_status == "408",
                  f"slow body: {body_status} after {shown(body_s)}")
-    result.check(unread_s is not None and unread_s <= HAPROXY_CLIENT_TIMEOUT_S + 10,
-                 f"unread stream held {shown(unread_s)}")
+    result.check(unread_s is not None, "unread stream neither cut by the server nor whole")
     result.check(engine_idle_s is not None, "engine still running the unread stream's request")
     probe_outcomes = Counter(outcome for outcome, _ in probes)
     result.clients_saw.update({f"probe {o}": n for o, n in probe_outcomes.items()})
@@ -585,9 +595,10 @@ def case_slow_clients(instance: Instance) -> FaultResult:
     result.sent += len(probes)
     result.failed = sum(n for o, n in probe_outcomes.items() if o != "200")
     result.check(result.failed == 0, "probe requests failed meanwhile")
-    result.check(p99 < 2, f"probe p99 {p99:.2f} s")
+    result.check(p99 < max(2, 2 * baseline_p99), f"probe p99 {p99:.2f} s (before: {baseline_p99:.2f} s)")
     result.fault += (f" (probe latency p50 {statistics.median(latencies or [0]) * 1000:.0f} ms, p99 "
-                     f"{p99 * 1000:.0f} ms; before: p50 {statistics.median(baseline) * 1000:.0f} ms)")
+                     f"{p99 * 1000:.0f} ms; before: p50 {statistics.median(baseline) * 1000:.0f} ms, p99 "
+                     f"{baseline_p99 * 1000:.0f} ms)")
     return result
 
 
