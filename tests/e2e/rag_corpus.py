@@ -65,3 +65,20 @@ QUESTIONS = [
     ("What is the paper folding craft from Japan?", "origami"),
     ("Why won't penicillin-type drugs cure a cold virus?", "antibiotics"),
 ]
+
+# A few short documents on one topic, so a question about it retrieves the default top_k (4) of
+# them: each is one chunk of about 160 tiny-chat tokens, so four of them alone are more than the
+# 512-token window of dev-cpu's chat model (issue 14: RAG must fit its context to the window).
+BEE_NOTES = {
+    "waggle-dance": "Forager honeybees return to the hive and perform a waggle dance on the comb: the angle of the "
+    "straight run against vertical gives the direction of the flowers relative to the sun, and its length the distance.",
+    "round-dance": "When flowers are close to the hive, within about fifty metres, honeybees do a round dance instead "
+    "of a waggle dance; it says that food is near but not which way, so recruits search around the hive.",
+    "nectar-scent": "Honeybees also share the scent of the flowers they visited: hive mates touch the dancer with "
+    "their antennae and smell the nectar she brought back, then look for flowers with that same scent outside.",
+    "sun-compass": "Honeybees navigate with the sun as a compass and correct for its movement across the sky during "
+    "the day; on cloudy days they use the pattern of polarised light that still reaches them through the clouds.",
+    "hive-roles": "A honeybee colony has one queen that lays the eggs, thousands of female workers that forage, nurse "
+    "and build comb, and a few hundred male drones whose only task is to mate with a queen from another colony.",
+}
+BEE_QUESTION = "How do honeybees tell each other where the flowers are?"

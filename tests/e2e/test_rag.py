@@ -15,9 +15,11 @@ import httpx
 import openai
 import pytest
 import yaml
+from llm_serving.config import DEFAULT_RAG_INSTRUCTIONS
+from llm_serving.rag.prompt import build_rag_messages
 
 from tests.e2e.dev_cpu import CHAT_MODEL, CHAT_ONLY_KEY, EMBED_MODEL, FULL_KEY, KEYS_DOCUMENT, dev_cpu_with_keys
-from tests.e2e.rag_corpus import DOCUMENTS, QUESTIONS
+from tests.e2e.rag_corpus import BEE_NOTES, BEE_QUESTION, DOCUMENTS, QUESTIONS
 from tests.e2e.servers import start_app
 
 COLLECTION = "handbook"
@@ -28,6 +30,10 @@ MAX_DOCUMENT_CHARS = 5000
 RECALL_AT_3_BAR = 0.85
 MRR_BAR = 0.75
 AUTH = {"authorization": f"Bearer {FULL_KEY}"}
+NOTES = "bee_notes"
+DEFAULT_TOP_K = 4  # rag.default_top_k
+MAX_MODEL_LEN = 512  # dev-cpu's tiny-chat
+GENERATION_RESERVE = MAX_MODEL_LEN // 4  # kept free for the answer when a request sets no max_tokens
 
 
 class RagApp:
@@ -45,9 +51,8 @@ class RagApp:
             "chunk_overlap": 80,
             "max_document_chars": MAX_DOCUMENT_CHARS,
             "embed_batch_size": 8,  # several batches per ingestion request
-            # tiny-chat has a 512-token window: keep the prompt short.
-            "max_context_chars": 300,
-            "instructions": "Use the sources.",
+            # Default top_k, max_context_chars and instructions: retrieved context is fitted to
+            # tiny-chat's 512-token window in tokens (issue 14), not by a smaller character cap.
         }
         self.config_file = work / "rag-app.yaml"
         self.config_file.write_text(yaml.safe_dump(args))
@@ -252,6 +257,97 @@ def test_rag_chat_answers_with_citations(rag_app, http):
     with pytest.raises(openai.NotFoundError, match="collection_not_found|does not exist"):
         client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": question}],
                                        max_tokens=4, extra_body={"rag": {"collection": "nope"}})
+
+
+@pytest.fixture(scope="module")
+def bee_notes(http) -> list:
+    """A collection of a few short documents on one topic; returns the document ids in the order
+    retrieval ranks them for BEE_QUESTION with the default top_k."""
+    assert http.post("/v1/rag/collections", json={"name": NOTES}).status_code == 201
+    documents = [{"id": doc_id, "text": text} for doc_id, text in BEE_NOTES.items()]
+    response = http.post(f"/v1/rag/collections/{NOTES}/documents", json={"documents": documents})
+    assert response.status_code == 200, response.text
+    assert all(item["chunks"] == 1 for item in response.json()["data"])
+    response = http.post(f"/v1/rag/collections/{NOTES}/search", json={"query": BEE_QUESTION})
+    assert response.status_code == 200, response.text
+    return [hit["document_id"] for hit in response.json()["data"]]
+
+
+@pytest.fixture(scope="module")
+def openai_client(rag_app) -> openai.OpenAI:
+    return openai.OpenAI(base_url=rag_app.running.api_url, api_key=FULL_KEY, max_retries=0, timeout=120)
+
+
+def rag_chat(client, messages, stream, **options):
+    """(rag field, usage, text) of a chat with `rag` on NOTES, streamed or not."""
+    request = dict(model=CHAT_MODEL, messages=messages, extra_body={"rag": {"collection": NOTES}}, **options)
+    if not stream:
+        completion = client.chat.completions.create(**request)
+        return completion.model_extra["rag"], completion.usage, completion.choices[0].message.content
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **request))
+    assert all("rag" not in (chunk.model_extra or {}) for chunk in chunks[1:])
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    return chunks[0].model_extra["rag"], chunks[-1].usage, text
+
+
+def test_issue_14_every_retrieved_note_overflows_the_window(openai_client, bee_notes):
+    """The premise: the default top_k of these notes put into the prompt whole (as before issue 14)
+    is more than tiny-chat's window, so the engine refuses it."""
+    assert len(bee_notes) == DEFAULT_TOP_K
+    messages, used = build_rag_messages(
+        [{"role": "user", "content": BEE_QUESTION}], [BEE_NOTES[doc] for doc in bee_notes], DEFAULT_RAG_INSTRUCTIONS
+    )
+    assert used == DEFAULT_TOP_K
+    with pytest.raises(openai.BadRequestError, match=f"maximum context length is {MAX_MODEL_LEN} tokens"):
+        list(openai_client.chat.completions.create(model=CHAT_MODEL, messages=messages, stream=True))
+
+
+def test_rag_context_is_fitted_to_the_window(openai_client, bee_notes):
+    messages = [{"role": "user", "content": BEE_QUESTION}]
+    answers = {stream: rag_chat(openai_client, messages, stream) for stream in (True, False)}
+    (rag, usage, text), (rag_plain, _, text_plain) = answers[True], answers[False]
+    assert rag == rag_plain and text and text_plain
+    cited = [citation["document_id"] for citation in rag["citations"]]
+    print(f"\nno max_tokens: cited {cited}, dropped {rag['dropped']}, prompt {usage.prompt_tokens} tokens")
+    # The best-scored notes, whole and numbered as in the prompt; the rest dropped and counted.
+    assert 1 <= len(cited) < DEFAULT_TOP_K and cited == bee_notes[: len(cited)]
+    assert [citation["index"] for citation in rag["citations"]] == list(range(1, len(cited) + 1))
+    assert all(citation["text"] == BEE_NOTES[citation["document_id"]] for citation in rag["citations"])
+    assert rag["dropped"] == DEFAULT_TOP_K - len(cited)
+    # Without max_tokens, room for the answer is kept.
+    assert usage.prompt_tokens + GENERATION_RESERVE <= MAX_MODEL_LEN
+
+    # A small max_tokens leaves more room for sources; still within the window.
+    rag_short, usage_short, _ = rag_chat(openai_client, messages, stream=True, max_tokens=16)
+    cited_short = [citation["document_id"] for citation in rag_short["citations"]]
+    print(f"max_tokens 16: cited {cited_short}, dropped {rag_short['dropped']}, prompt {usage_short.prompt_tokens} tokens")
+    assert len(cited) < len(cited_short) < DEFAULT_TOP_K and cited_short == bee_notes[: len(cited_short)]
+    assert rag_short["dropped"] == DEFAULT_TOP_K - len(cited_short)
+    assert usage.prompt_tokens < usage_short.prompt_tokens <= MAX_MODEL_LEN - 16
+
+
+def test_only_a_request_that_cannot_fit_without_context_is_refused(openai_client, bee_notes):
+    question = BEE_QUESTION + " " + " ".join(f"Please also compare it with note {n} of the beekeeper." for n in range(6))
+    messages = [{"role": "user", "content": question}]
+    plain = openai_client.chat.completions.create(model=CHAT_MODEL, messages=messages, max_tokens=1)
+    own = plain.usage.prompt_tokens
+    room = MAX_MODEL_LEN - own
+    assert room > 1, own
+    # Exactly fits without retrieved text: answered, with every note dropped and the messages unchanged.
+    for stream in (False, True):
+        rag, usage, _ = rag_chat(openai_client, messages, stream, max_tokens=room)
+        assert rag["citations"] == [] and rag["dropped"] == DEFAULT_TOP_K
+        assert usage.prompt_tokens == own
+    # One token more does not fit even without it: 400, saying so with the numbers.
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as refused:
+            rag_chat(openai_client, messages, stream, max_tokens=room + 1)
+        error = refused.value.response.json()["error"]
+        assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "context_length_exceeded", "messages")
+        message = error["message"]
+        assert "does not fit" in message and "even without any retrieved text" in message, message
+        assert f"max_model_len {MAX_MODEL_LEN}" in message and f"{own} prompt tokens" in message, message
+        assert f"max_tokens is {room + 1}" in message, message
 
 
 def test_restart_keeps_the_ingested_data(rag_app):

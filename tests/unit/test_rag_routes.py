@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from llm_serving.config import RagConfig
 from llm_serving.gateway.metrics import route_label
+from llm_serving.rag.context import EngineTokenCounter
 from llm_serving.rag.endpoints import RAG_ENDPOINTS, match_rag_endpoint
 from llm_serving.rag.routes import RagRoutes, _with_rag_field
 from llm_serving.rag.service import RagService
@@ -27,9 +28,10 @@ async def echo(request: Request):
 
 
 def rag_app():
-    # No store and no embedders: every request here is answered before either is needed.
+    # No store, embedders or engines: every request here is answered before any is needed.
     service = RagService(RagConfig(store={"uri": "/data/rag/milvus.db"}), {}, store=None)
-    return RagRoutes(Starlette(routes=[Route("/v1/chat/completions", echo, methods=["POST"])]), service)
+    app = Starlette(routes=[Route("/v1/chat/completions", echo, methods=["POST"])])
+    return RagRoutes(app, service, EngineTokenCounter({}))
 
 
 def request(method, path, content=None):

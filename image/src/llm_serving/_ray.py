@@ -68,6 +68,16 @@ PRIVATE_NAMES: Dict[str, Tuple[str, Optional[str], str]] = {
         "EmbeddingCompletionRequest",
         "RAG embeds through the engine handle; the public EmbeddingRequest is a Union, not constructible",
     ),
+    "TokenizeChatRequest": (
+        f"{_LLM}.core.configs.openai_api_models",
+        "TokenizeChatRequest",
+        "RAG counts a chat prompt with the engine (LLMServer.tokenize); no public name for the request",
+    ),
+    "TokenizeCompletionRequest": (
+        f"{_LLM}.core.configs.openai_api_models",
+        "TokenizeCompletionRequest",
+        "RAG counts each retrieved source's tokens with the engine (LLMServer.tokenize)",
+    ),
     "ErrorResponse": (
         f"{_LLM}.core.configs.openai_api_models",
         "ErrorResponse",
@@ -103,6 +113,8 @@ PRIVATE_ATTRIBUTES: Tuple[Tuple[str, str, str], ...] = (
     (f"{_LLM}.core.ingress.ingress", "OpenAiIngress", "_default_serve_handles"),
     (f"{_LLM}.core.configs.llm_config", "LLMConfig", "_engine_config"),
     ("ray.serve.deployment", "Application", "_with_ingress_request_router"),
+    (f"{_LLM}.engines.vllm.vllm_engine", "VLLMEngine", "_oai_serving_tokenization"),
+    (f"{_LLM}.engines.vllm.vllm_engine", "VLLMEngine", "_app_state"),
 )
 
 
@@ -164,6 +176,15 @@ def clear_engine_config(llm_config: Any) -> None:
     """Forget the engine config LLMConfig cached, so the next get_engine_config() reads the
     config again (after the model source changed)."""
     llm_config._engine_config = None
+
+
+def enable_engine_tokenize(engine: Any) -> None:
+    """Make LLMServer.tokenize work on this vLLM: Ray 2.60's engine looks for vLLM's tokenize
+    handler under its old app-state name (`openai_serving_tokenization`), vLLM 0.32 names it
+    `serving_tokenization`, so every tokenize answered "does not support the 'tokenization' task".
+    A no-op once Ray finds the handler itself."""
+    if getattr(engine, "_oai_serving_tokenization", None) is None:
+        engine._oai_serving_tokenization = getattr(getattr(engine, "_app_state", None), "serving_tokenization", None)
 
 
 def with_ingress_request_router(server: Any, router: Any) -> Any:

@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional
 
 from ray.serve.llm.deployment import LLMServer
 
-from llm_serving._ray import clear_engine_config
+from llm_serving._ray import clear_engine_config, enable_engine_tokenize
 from llm_serving.builtin_models import resolve_model_source
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.metrics import GatewayMetrics
@@ -34,6 +34,7 @@ class GatewayLLMServer(LLMServer):
             TrafficControl(self._gateway_config, [self._model_id], self._key_store) if self._gateway_config else None
         )
         await super().__init__(llm_config, **kwargs)
+        enable_engine_tokenize(self.engine)  # the RAG layer counts prompt tokens with it
 
     async def reconfigure(self, user_config: Dict[str, Any]) -> None:
         """Serve's user_config when this replica is the ingress (direct streaming): aliases, sticky

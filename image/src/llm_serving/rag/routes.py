@@ -9,7 +9,7 @@ system message; the response is the ordinary one plus a `rag` object naming the 
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable, Dict, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Tuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,6 +23,7 @@ from llm_serving.gateway.asgi import (
 )
 from llm_serving.gateway.errors import GatewayError, send_json
 from llm_serving.gateway.middleware import API_KEY_SCOPE
+from llm_serving.rag.context import EngineTokenCounter, FittedContext, fit_context
 from llm_serving.rag.endpoints import RAG_ENDPOINTS, RAG_PATH_PREFIX, match_rag_endpoint
 from llm_serving.rag.prompt import build_rag_messages, retrieval_query
 from llm_serving.rag.service import (
@@ -41,9 +42,10 @@ Handler = Callable[..., Awaitable[Tuple[int, Any]]]
 
 
 class RagRoutes:
-    def __init__(self, app: ASGIApp, service: RagService):
+    def __init__(self, app: ASGIApp, service: RagService, token_counter: EngineTokenCounter):
         self.app = app
         self.service = service
+        self.token_counter = token_counter
         # Each operation of the route table, bound here so a name without a handler fails at start.
         self._handlers: Dict[str, Handler] = {
             operation: getattr(self, f"_{operation}")
@@ -155,18 +157,32 @@ class RagRoutes:
             )
         collection = await self._collection(scope, options.collection)
         hits = await self.service.search(collection, query, None, top_k)
-        payload["messages"], used = build_rag_messages(
-            messages,
-            [hit["text"] for hit in hits],
-            self.service.config.instructions,
-            self.service.config.max_context_chars,
-        )
+        fitted = await self._fit(payload, messages, hits)
+        payload["messages"] = fitted.messages
+        # `citations` are the sources in the prompt (as numbered there), best first; `dropped` counts
+        # the retrieved chunks left out to fit the model's context window (or max_context_chars).
         rag = {
             "collection": options.collection,
-            "citations": [{"index": number, **hit} for number, hit in enumerate(hits[:used], start=1)],
+            "citations": [{"index": number, **hits[position]} for number, position in enumerate(fitted.used, start=1)],
+            "dropped": len(hits) - len(fitted.used),
         }
         scope, receive = with_body(scope, receive, json.dumps(payload).encode())
         await self.app(scope, receive, _with_rag_field(send, rag))
+
+    async def _fit(
+        self, payload: Dict[str, Any], messages: List[Dict[str, Any]], hits: List[Dict[str, Any]]
+    ) -> FittedContext:
+        config = self.service.config
+        model = payload.get("model")
+        if isinstance(model, str) and self.token_counter.knows(model):
+            return await fit_context(
+                self.token_counter, model, payload, messages, hits, config.instructions, config.max_context_chars
+            )
+        # Not a model of this app (the app answers that request with its own error): characters only.
+        built, used = build_rag_messages(
+            messages, [hit["text"] for hit in hits], config.instructions, config.max_context_chars
+        )
+        return FittedContext(built, list(range(used)))
 
 
 def _collection_object(collection: Dict[str, Any]) -> Dict[str, Any]:
@@ -221,4 +237,5 @@ def rag_layer(app: ASGIApp, rag: Dict[str, Any], model_handles: Dict[str, Any], 
     from llm_serving.config import RagConfig
 
     embedders = {name: model_handles[name] for name in rag["embedding_models"]}
-    return RagRoutes(app, RagService(RagConfig.model_validate(rag["config"]), embedders, store))
+    service = RagService(RagConfig.model_validate(rag["config"]), embedders, store)
+    return RagRoutes(app, service, EngineTokenCounter(model_handles))
