@@ -111,6 +111,8 @@ PRIVATE_ATTRIBUTES: Tuple[Tuple[str, str, str], ...] = (
     ("ray.serve._private.http_util", "ASGIAppReplicaWrapper", "_asgi_app"),
     ("ray.serve._private.http_util", "ASGIAppReplicaWrapper", "_set_asgi_app"),
     (f"{_LLM}.core.ingress.ingress", "OpenAiIngress", "_default_serve_handles"),
+    # Overridden by with_engine_response_hook: the one place every engine response passes.
+    (f"{_LLM}.core.ingress.ingress", "OpenAiIngress", "_get_response"),
     (f"{_LLM}.core.configs.llm_config", "LLMConfig", "_engine_config"),
     ("ray.serve.deployment", "Application", "_with_ingress_request_router"),
     (f"{_LLM}.engines.vllm.vllm_engine", "VLLMEngine", "_oai_serving_tokenization"),
@@ -142,15 +144,22 @@ def __dir__() -> List[str]:
 
 # Private keyword arguments of Ray's public functions that the functions below pass: (Ray module,
 # function, keyword). tests/unit/test_ray_door.py checks each is still accepted.
-PRIVATE_KEYWORDS: Tuple[Tuple[str, str, str], ...] = (("ray", "init", "_metrics_export_port"),)
+PRIVATE_KEYWORDS: Tuple[Tuple[str, str, str], ...] = (
+    ("ray", "init", "_metrics_export_port"),
+    ("ray", "init", "_redis_password"),
+)
 
 
-def init_local_ray(*, metrics_export_port: Optional[int], **options: Any) -> None:
+def init_local_ray(*, metrics_export_port: Optional[int], redis_password: Optional[str] = None, **options: Any) -> None:
     """ray.init(**options) with Ray's Prometheus endpoint on `metrics_export_port` (None: Ray picks
-    one), as `ray start --metrics-export-port` fixes it on a KubeRay pod; ray.init takes that port
-    only as a private keyword."""
+    one), as `ray start --metrics-export-port` fixes it on a KubeRay pod, and with the password of
+    the external Redis that GCS fault tolerance stores the GCS's tables in (`RAY_REDIS_ADDRESS` in
+    the environment names the Redis; `ray start --redis-password` on a KubeRay head). ray.init takes
+    both only as private keywords."""
     import ray
 
+    if redis_password is not None:
+        options["_redis_password"] = redis_password
     ray.init(_metrics_export_port=metrics_export_port, **options)
 
 
@@ -190,3 +199,17 @@ def enable_engine_tokenize(engine: Any) -> None:
 def with_ingress_request_router(server: Any, router: Any) -> Any:
     """`server` with `router` as its ingress request router peer (direct streaming)."""
     return server._with_ingress_request_router(router)
+
+
+def with_engine_response_hook(ingress_cls: Any) -> Any:
+    """`ingress_cls` (an OpenAiIngress) whose engine responses, for every route, pass through
+    `self.engine_responses(responses, model)`: its private `_get_response` is the one place the
+    engine handle's stream goes by before Ray Serve LLM peeks at it and streams it."""
+
+    class EngineResponseHook(ingress_cls):
+        async def _get_response(self, **kwargs: Any) -> Any:
+            model = getattr(kwargs.get("body"), "model", None)
+            async for response in self.engine_responses(super()._get_response(**kwargs), model):
+                yield response
+
+    return EngineResponseHook

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncGenerator, AsyncIterator, Dict, Optional, Tuple
+from typing import Any, AsyncIterator, Dict, Optional, Tuple
 
 from fastapi import FastAPI
 from ray import serve
@@ -22,6 +22,7 @@ from llm_serving._ray import (
     default_handles,
     metrics_lifespan,
     set_asgi_app,
+    with_engine_response_hook,
 )
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.metrics import GatewayMetrics
@@ -85,7 +86,7 @@ class ModelReadiness:
             await asyncio.sleep(READINESS_POLL_INTERVAL_S)
 
 
-class _GatewayOpenAiIngress(OpenAiIngress):
+class _GatewayOpenAiIngress(with_engine_response_hook(OpenAiIngress)):  # type: ignore[misc]
     def __init__(
         self,
         llm_deployments: Dict[str, DeploymentHandle],
@@ -108,18 +109,18 @@ class _GatewayOpenAiIngress(OpenAiIngress):
         """Serve's user_config: aliases, sticky routing and limits, applied in place."""
         await self._traffic.reconfigure(user_config)
 
-    async def _get_response(self, **kwargs: Any) -> AsyncGenerator[Any, None]:
-        """The engine's responses, with what clients see when its replica dies (killed, out of
-        memory, its node lost) made explicit, instead of Ray Serve LLM's 500, a stream cut without
-        a word, or a request waiting in Serve's router for a replacement replica (a minute or more):
+    async def engine_responses(self, responses: AsyncIterator[Any], model: Optional[str]) -> AsyncIterator[Any]:
+        """The engine's responses (see _ray.with_engine_response_hook), with what clients see when
+        its replica dies (killed, out of memory, its node lost) made explicit, instead of Ray Serve
+        LLM's 500, a stream cut without a word, or a request waiting in Serve's router for a
+        replacement replica (a minute or more):
         - the replica's death, or its vLLM engine's (EngineDeadError: the replica answers every
           request with it until Serve's health check replaces the replica, tens of seconds), is
           EngineUnavailable: 503 + Retry-After before the stream starts, an error event inside it
           (gateway/stream_failures.py);
         - a request still waiting for its first response when the model stops being ready (no
           running replica: the one it was routed to died) is given up the same way."""
-        model = getattr(kwargs.get("body"), "model", None)
-        responses = super()._get_response(**kwargs).__aiter__()
+        responses = responses.__aiter__()
         try:
             first = await self._first_while_ready(responses, model)
             yield first
