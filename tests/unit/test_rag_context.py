@@ -105,3 +105,14 @@ def test_a_request_that_cannot_fit_without_sources_is_refused_with_the_numbers()
     assert (error.status, error.code, error.param) == (400, "context_length_exceeded", "messages")
     assert f"{own} prompt tokens" in error.message and "max_tokens is 9" in error.message
     assert f"max_model_len {own + 8}" in error.message and "even without any retrieved text" in error.message
+
+
+def test_template_fields_the_chat_would_refuse_get_a_400_not_a_500():
+    from llm_serving.rag.context import EngineTokenCounter
+
+    counter = EngineTokenCounter({})  # refused while building the request: no engine is asked
+    payload = {"continue_final_message": True, "add_generation_prompt": True}  # vLLM refuses both
+    with pytest.raises(GatewayError) as refused:
+        asyncio.run(counter.count_chat("tiny-chat", payload, QUESTION))
+    assert (refused.value.status, refused.value.code, refused.value.param) == (400, "invalid_request", "messages")
+    assert "continue_final_message" in refused.value.message, refused.value.message

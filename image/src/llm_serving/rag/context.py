@@ -74,7 +74,15 @@ class EngineTokenCounter:
         from llm_serving._ray import TokenizeChatRequest
 
         fields = {field: payload[field] for field in TEMPLATE_FIELDS if field in payload}
-        response = await self._tokenize(model, TokenizeChatRequest(model=model, messages=list(messages), **fields))
+        # Any failure here is pydantic's or vLLM's validation of the caller's fields (the chat would
+        # refuse them too): a 400, not a 500.
+        try:
+            request = TokenizeChatRequest(model=model, messages=list(messages), **fields)
+        except Exception as error:
+            raise GatewayError(
+                400, f"Invalid chat request: {_first_line(error)}", code="invalid_request", param="messages"
+            ) from None
+        response = await self._tokenize(model, request)
         return response.count, response.max_model_len
 
     async def count_text(self, model: str, text: str) -> int:
@@ -100,6 +108,11 @@ class EngineTokenCounter:
                 )
             return response
         raise GatewayError(502, f"`{model}` returned nothing when asked to count tokens.", code="tokenize_failed")
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines[:3])
 
 
 @dataclass(frozen=True)
