@@ -15,8 +15,10 @@ Outcomes (`Outcome.kind`), what a client sees:
   and ended; "stream error event (not OpenAI-shaped)" if the event lacked `message` or `type`.
 - "<status>+Retry-After" / "<status>": refused before streaming (e.g. "503+Retry-After", "429+Retry-After",
   "500"); `detail` keeps the error body's message.
-- "cut without error": the connection closed, or the stream ended, without an error and without a
-  finish_reason (a silent cut).
+- "cut without error": the stream ended cleanly without an error and without a finish_reason (a
+  silent cut: the client cannot tell it from a complete answer unless it checks finish_reason).
+- "connection closed mid-stream": the connection closed before the response was complete (the client
+  gets an exception from its HTTP library, no OpenAI error).
 - "hang": nothing arrived for `timeout_s` (the client's read timeout).
 - "connection refused": nobody listening (the request never reached a server).
 - "other: <exception>": anything else (a bug here or there; the detail says which).
@@ -37,6 +39,7 @@ import openai
 OK = "200"
 STREAM_ERROR = "stream error event"
 CUT = "cut without error"
+CONNECTION_CLOSED = "connection closed mid-stream"
 HANG = "hang"
 REFUSED_CONNECTION = "connection refused"
 
@@ -94,10 +97,7 @@ def classify_stream(client: openai.OpenAI, index: int, request: Dict[str, Any],
         outcome.kind, outcome.detail = HANG, repr(error)
     except openai.APIConnectionError as error:
         cause = error.__cause__
-        if isinstance(cause, httpx.ConnectError):
-            outcome.kind = REFUSED_CONNECTION
-        else:
-            outcome.kind = CUT
+        outcome.kind = REFUSED_CONNECTION if isinstance(cause, httpx.ConnectError) else CONNECTION_CLOSED
         outcome.detail = f"{error!r} caused by {cause!r}"
     except openai.APIError as error:  # an error event inside the stream
         body = error.body if isinstance(error.body, dict) else {}
@@ -107,7 +107,7 @@ def classify_stream(client: openai.OpenAI, index: int, request: Dict[str, Any],
     except httpx.TimeoutException as error:  # a read timeout while iterating the stream
         outcome.kind, outcome.detail = HANG, repr(error)
     except (httpx.RemoteProtocolError, httpx.ReadError) as error:  # connection closed mid-stream
-        outcome.kind, outcome.detail = CUT, f"{error!r} after {outcome.chunks} chunks"
+        outcome.kind, outcome.detail = CONNECTION_CLOSED, f"{error!r} after {outcome.chunks} chunks"
     except Exception as error:  # noqa: BLE001 - classified, not hidden
         outcome.kind, outcome.detail = f"other: {type(error).__name__}", repr(error)[:300]
     outcome.ended = time.monotonic()
@@ -127,7 +127,8 @@ class StreamingLoad:
 
     Each request asks for `max_tokens` tokens, at least `min_tokens` of them (vLLM's `min_tokens` and
     `ignore_eos`, so a stream lasts long enough to be cut). `timeout_s` is the client's timeout: no
-    byte for that long is a "hang". `pause_s` is the wait between a client's requests.
+    byte for that long is a "hang". `pause_s` is the wait between a client's requests,
+    `pause_after_failure_s` the wait after one that failed (so a refusal loop does not swamp the counts).
     """
 
     def __init__(
@@ -141,10 +142,12 @@ class StreamingLoad:
         min_tokens: Optional[int] = None,
         timeout_s: float = 60.0,
         pause_s: float = 0.0,
+        pause_after_failure_s: float = 0.5,
         extra_headers: Optional[Dict[str, str]] = None,
     ):
         self.clients = clients
         self.pause_s = pause_s
+        self.pause_after_failure_s = pause_after_failure_s
         self._client = openai.OpenAI(base_url=api_url, api_key=api_key, max_retries=0, timeout=timeout_s)
         self._request: Dict[str, Any] = {
             "model": model,
@@ -218,8 +221,9 @@ class StreamingLoad:
             with self._lock:
                 self._streaming.discard(index)
                 self._outcomes.append(outcome)
-            if self.pause_s:
-                self._stopping.wait(self.pause_s)
+            pause = self.pause_after_failure_s if outcome.failed else self.pause_s
+            if pause:
+                self._stopping.wait(pause)
 
 
 def summarize(outcomes: List[Outcome]) -> Dict[str, int]:
