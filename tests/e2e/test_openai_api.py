@@ -1,10 +1,13 @@
 """The OpenAI-compatible API of the real app (Ray Serve LLM + vLLM CPU engines), driven by the
 official `openai` client: models, chat, completions, embeddings, auth, and every error case."""
 
+from pathlib import Path
+
 import httpx
 import numpy as np
 import openai
 import pytest
+import yaml
 
 from tests.e2e.dev_cpu import CHAT_MODEL, CHAT_ONLY_KEY, EMBED_MODEL, FULL_KEY
 
@@ -173,3 +176,54 @@ def test_chat_only_key_sees_its_models_in_error_messages(chat_only_client):
     assert refused.value.body["message"].endswith(f"Available models: {CHAT_MODEL}.")
     assert EMBED_MODEL not in refused.value.body["message"]
     assert CHAT_ONLY_KEY not in refused.value.body["message"]
+
+
+# Every field of a chat, completion or embedding body that can carry a wrong type (the table the unit
+# tests of gateway/request_shapes.py also run), against the real app: a 400 naming the field, never
+# the 500 that a chat message with an object as `content` used to get.
+BAD_SHAPES = yaml.safe_load((Path(__file__).resolve().parents[1] / "cases" / "bad_request_shapes.yaml").read_text())
+ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+SERVED = {"chat": CHAT_MODEL, "embed": EMBED_MODEL}
+
+
+def as_served(body: dict) -> dict:
+    """The table's body with its stand-in model name replaced by the served model's."""
+    model = body.get("model")
+    return {**body, "model": SERVED[model]} if isinstance(model, str) else body
+
+
+@pytest.mark.parametrize("case", BAD_SHAPES["bad"].values(), ids=BAD_SHAPES["bad"].keys())
+def test_wrong_types_get_400_naming_the_field(gateway, case):
+    response = httpx.post(f"{gateway.api_url}{ENDPOINTS[case['endpoint']]}", json=as_served(case["body"]),
+                          headers={"authorization": f"Bearer {FULL_KEY}"}, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert_openai_error_body({"error": error})
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == case["param"], error
+    assert case["says"].lower() in error["message"].lower(), error
+
+
+def test_nested_object_content_is_a_400_through_the_openai_client(client):
+    """Issue 14's report, as a user sends it."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": {"nested": True}}],
+                                       max_tokens=4)
+    assert refused.value.body["param"] == "messages[0].content"
+    assert "string or an array of content parts" in refused.value.body["message"]
+
+
+def test_well_shaped_content_parts_and_tool_turns_still_reach_the_engine(client):
+    parts = client.chat.completions.create(
+        model=CHAT_MODEL, max_tokens=4,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "Hello,"}, {"type": "text", "text": "you"}]}],
+    )
+    assert parts.choices[0].finish_reason in ("length", "stop")
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    tool_turn = client.chat.completions.create(
+        model=CHAT_MODEL, max_tokens=4,
+        messages=[*HELLO, {"role": "assistant", "content": None, "tool_calls": [call]},
+                  {"role": "tool", "content": "12C and sunny", "tool_call_id": "call_1"}],
+    )
+    assert tool_turn.choices[0].finish_reason in ("length", "stop")
+

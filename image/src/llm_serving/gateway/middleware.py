@@ -6,8 +6,9 @@
 
 Order of checks: health endpoints (no auth), auth (401), then the route's handler: size limit (413),
 JSON body and `model` (400), unknown model (404), key not allowed for the model (403), model not
-ready (503), the key's limits (429). Handlers only prepare a request (or answer it themselves);
-forwarding, settling the limits and recording are common to all, and responses stream through.
+ready (503), the body's shape (400, see request_shapes.py), the key's limits (429). Handlers only
+prepare a request (or answer it themselves); forwarding, settling the limits and recording are
+common to all, and responses stream through.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from llm_serving.gateway.asgi import (
 from llm_serving.gateway.errors import GatewayError, openai_error_from_body, send_json
 from llm_serving.gateway.limits import Admission
 from llm_serving.gateway.metrics import ANONYMOUS, Exchange, route_label
+from llm_serving.gateway.request_shapes import check_request_shape
 from llm_serving.gateway.traffic import (
     TrafficControl,
     TrafficState,
@@ -178,6 +180,7 @@ class GatewayMiddleware:
         variant = self._resolve_alias(traffic, payload, request.scope, request.api_key) if traffic else None
         exchange.variant = self._check_model(payload, request.api_key, via_alias=variant is not None)
         exchange.model = exchange.variant
+        check_request_shape(request.scope["path"], payload)  # 400 naming the field, never the engine's 500
         forwarded = body
         if variant is not None and traffic is not None:
             exchange.model = alias = str(requested)  # an alias: always a string
