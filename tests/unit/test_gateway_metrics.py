@@ -116,3 +116,33 @@ def test_rewritten_stream_requests_carry_their_new_length():
 
     asyncio.run(go())
     assert seen["declared"] == seen["actual"]
+
+
+def test_requests_admitted_while_the_limits_store_is_down_are_marked_uncounted():
+    """Redis unreachable: the request is answered (200) and its exchange marked, which
+    GatewayMetrics counts as ray_llm_serving_limits_uncounted_requests_total{api_key}."""
+    from llm_serving.gateway.traffic import TrafficControl
+    from tests.e2e.servers import free_port
+
+    gateway_config = GatewayConfig(auth={"mode": "none"})
+    traffic = TrafficControl(gateway_config, ["chat"], None)
+    recorded = []
+    app = build_gateway(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])]),
+                        gateway_config, ["chat"], None, record=recorded.append, traffic=traffic)
+
+    async def go():
+        await traffic.reconfigure({"limits": {"redis_url": f"redis://127.0.0.1:{free_port()}/0",
+                                              "default": {"requests": 1}}})
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            return [await client.post("/v1/chat/completions", json={"model": "chat", "messages": []})
+                    for _ in range(3)]
+
+    responses = asyncio.run(go())
+    assert [r.status_code for r in responses] == [200, 200, 200]  # over `requests: 1`, but nothing counts
+    assert [e.limits_uncounted for e in recorded] == [True, True, True]
+
+
+def test_counted_requests_are_not_marked_uncounted():
+    recorded = []
+    run({"model": "chat", "messages": []}, recorded)
+    assert recorded[0].limits_uncounted is False

@@ -217,3 +217,25 @@ def test_cors_allows_configured_origins_only():
             assert response.headers["access-control-allow-origin"] == "https://app.example"
 
     call(run())
+
+
+def test_an_engine_back_pressure_503_gets_retry_after_and_openai_shape():
+    """Ray Serve refuses a request over a model's max_queued_requests with BackPressureError, which
+    Ray Serve LLM's ingress answers as this 503 body, without Retry-After."""
+    async def back_pressure(request: Request):
+        message = ("Message: Request dropped due to backpressure (num_queued_requests=2, max_queued_requests=2). "
+                   "(Request ID: 7), Internal exception: BackPressureError")
+        return JSONResponse({"error": {"message": message, "type": "BackPressureError", "param": None, "code": 503}},
+                            status_code=503)
+
+    inner = Starlette(routes=[Route("/v1/chat/completions", back_pressure, methods=["POST"])])
+    app = build_gateway(inner, GatewayConfig(auth={"mode": "none"}), ["chat"], None)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as c:
+            return await post(c, {"model": "chat", "messages": []}, key=None)
+
+    response = call(go())
+    error = assert_openai_error(response, 503, None)
+    assert response.headers["retry-after"] == "1"
+    assert error["message"] == "Request dropped due to backpressure (num_queued_requests=2, max_queued_requests=2)."

@@ -50,6 +50,7 @@ class Exchange:
     api_key: str = ANONYMOUS
     status: int = 0  # 0: no response (a shadow copy that was dropped)
     shadow: bool = False  # a copy sent by the gateway itself (traffic.aliases.*.shadow), not a client's
+    limits_uncounted: bool = False  # admitted without counting against the key's limits (store unreachable)
     finished: Optional[float] = None
     first_event_at: Optional[float] = None
     inter_event_ms: List[float] = field(default_factory=list)
@@ -196,6 +197,15 @@ class GatewayMetrics:
             tag_keys=("model", "variant"),
         )
 
+        self.limits_uncounted = metrics.Counter(
+            "llm_serving_limits_uncounted_requests",
+            description=(
+                "Requests admitted without counting against their API key's limits because the limits store "
+                "(Redis) was unreachable, by API key name."
+            ),
+            tag_keys=("api_key",),
+        )
+
     def record(self, exchange: Exchange) -> None:
         model, variant, key = exchange.model, exchange.variant, exchange.api_key
         if exchange.shadow:  # kept apart: clients never saw these
@@ -209,6 +219,8 @@ class GatewayMetrics:
             if exchange.status:
                 self.shadow_latency.observe(exchange.latency_ms, tags={"model": model, "variant": variant})
             return
+        if exchange.limits_uncounted:
+            self.limits_uncounted.inc(tags={"api_key": key})
         self.requests.inc(
             tags={
                 "model": model,

@@ -62,6 +62,9 @@ MODEL_PATH_PREFIX = "/v1/models/"
 # Where the authenticated ApiKey is left in the ASGI scope for the layers inside the gateway.
 API_KEY_SCOPE = "llm_serving.api_key"
 RETRY_AFTER_NOT_READY_S = 5
+# Retry-After of an engine's back-pressure refusal (its max_queued_requests reached): short, since
+# a queue slot frees as soon as one request finishes.
+RETRY_AFTER_OVERLOADED_S = 1
 # Shadow copies in flight per gateway replica; more are dropped rather than queued.
 MAX_SHADOWS_IN_FLIGHT = 32
 
@@ -209,6 +212,7 @@ class GatewayMiddleware:
         """Count the request against its key's limits (429 when over them); settled in _forward."""
         if request.traffic is not None:
             request.admission = await admit(request.traffic, request.exchange.api_key, payload)
+            request.exchange.limits_uncounted = request.admission is not None and request.admission.uncounted
 
     async def _forward(self, request: _Request) -> None:
         """Hand the admitted request to the app, streaming its response through, then settle the
@@ -382,9 +386,26 @@ def build_gateway(
 
 
 def _normalized_responses(send: Send) -> Send:
-    """Pass responses on, dropping the inner apps' CORS headers (our policy is the outer one) and
-    rewriting their JSON error bodies into OpenAI's shape."""
-    return with_response_headers(rewrite_response_body(send, _is_json_error, _as_openai_error), _without_cors)
+    """Pass responses on, dropping the inner apps' CORS headers (our policy is the outer one),
+    rewriting their JSON error bodies into OpenAI's shape and adding Retry-After to their 503/429."""
+    return _with_retry_after(
+        with_response_headers(rewrite_response_body(send, _is_json_error, _as_openai_error), _without_cors)
+    )
+
+
+def _with_retry_after(send: Send) -> Send:
+    """Ray Serve refuses a request over a model's max_queued_requests with 503 (BackPressureError)
+    and no Retry-After; clients and their retry logic need one."""
+
+    async def sent(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] in (429, 503):
+            headers = list(message.get("headers", []))
+            if not any(key.lower() == b"retry-after" for key, _ in headers):
+                retry_after = (b"retry-after", str(RETRY_AFTER_OVERLOADED_S).encode())
+                message = {**message, "headers": [*headers, retry_after]}
+        await send(message)
+
+    return sent
 
 
 def _is_json_error(start: Message) -> bool:
