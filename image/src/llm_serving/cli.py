@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
 import traceback
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -32,6 +34,22 @@ FAST_PATH_ENVIRONMENT = {
     "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
 }
 CPU_ENGINE_ENVIRONMENT = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB of KV cache per CPU engine
+# Ray 2.60's HAProxy waits 3600 s for an idle client (`timeout client`, and no `timeout http-request`),
+# so a client that stalls in its headers or stops reading its stream holds a connection for an hour.
+# 60 s of client inactivity ends it (the gateway bounds a slow body itself: asgi.BODY_READ_TIMEOUT_S).
+CLIENT_TIMEOUT_ENVIRONMENT = {"RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60"}
+# GCS fault tolerance, from the variables KubeRay sets on the head pod when a RayService has
+# `gcsFaultToleranceOptions`, so one profile's settings work in both runtimes: RAY_REDIS_ADDRESS
+# (host:port or redis://host:port; Ray's node startup reads it and starts the GCS with Redis as its
+# store), REDIS_PASSWORD (passed on as `ray start --redis-password` does) and
+# RAY_external_storage_namespace (the GCS's key prefix in Redis; Ray's C++ processes read it).
+GCS_FT_REDIS_ADDRESS = "RAY_REDIS_ADDRESS"
+GCS_FT_REDIS_PASSWORD = "REDIS_PASSWORD"
+GCS_FT_NAMESPACE = "RAY_external_storage_namespace"
+# The GCS's port: Ray picks a free one unless told; a GCS started again from its own command line
+# (`--gcs_server_port=0`) would then listen on another port than every Ray process dials. KubeRay's
+# head fixes it (`ray start --head --port=6379`); with GCS fault tolerance on, so does serve.
+GCS_PORT = "RAY_GCS_SERVER_PORT"
 ALL_INTERFACES = {"0.0.0.0", "::"}
 
 
@@ -119,12 +137,14 @@ def _run_server(args: argparse.Namespace, path: Path, checked, run_directory: Pa
     # actors still need room to be scheduled.
     num_cpus = args.num_cpus or max(8, 4 * len(config.models))
     url = f"http://{args.host}:{args.port}"
+    redis_password = _gcs_fault_tolerance(console)
     try:
         # address=local: always a fresh cluster of our own, never one that happens to be running.
         init_local_ray(
             address="local",
             num_cpus=num_cpus,
             metrics_export_port=args.metrics_port,
+            redis_password=redis_password,
             runtime_env={"worker_process_setup_hook": SETUP_HOOK} if is_loopback(args.host) else None,
         )
         # After ray.init, which installs its own SIGTERM handler: SIGTERM and SIGINT (even where the
@@ -163,6 +183,33 @@ def _run_server(args: argparse.Namespace, path: Path, checked, run_directory: Pa
     except Exception:  # noqa: BLE001 - whatever it is, the person must see it, not only the log
         console.error(f"llm-serving: failed:\n{traceback.format_exc()}{console.log_hint()}")
         return 1
+
+
+def _gcs_fault_tolerance(console: Console) -> Optional[str]:
+    """With RAY_REDIS_ADDRESS set, the local Ray's GCS keeps its tables in that Redis, so a GCS
+    that dies and is started again with its own command line (what a KubeRay head container's
+    restart does) finds the cluster's nodes, actors and jobs again. Returns the Redis password
+    (REDIS_PASSWORD) for ray.init, or None when GCS fault tolerance is off.
+
+    KubeRay sets RAY_external_storage_namespace to the RayCluster's UID: a new cluster starts
+    clean, a restarted head resumes. Each `llm-serving serve` is a new cluster, so without one set
+    it gets a namespace of its own; it must not resume the state an earlier run left in Redis."""
+    address = os.environ.get(GCS_FT_REDIS_ADDRESS)
+    if not address:
+        return None
+    namespace = os.environ.setdefault(GCS_FT_NAMESPACE, f"llm-serving-{uuid.uuid4().hex}")
+    port = os.environ.setdefault(GCS_PORT, str(_free_loopback_port()))
+    console.say(
+        f"llm-serving: GCS fault tolerance on: the GCS (port {port}) keeps its state in Redis at {address} "
+        f"(namespace {namespace})"
+    )
+    return os.environ.get(GCS_FT_REDIS_PASSWORD) or None
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _deployment_label(config, direct: bool):
@@ -287,7 +334,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    for key, value in FAST_PATH_ENVIRONMENT.items():
+    for key, value in {**FAST_PATH_ENVIRONMENT, **CLIENT_TIMEOUT_ENVIRONMENT}.items():
         os.environ.setdefault(key, value)
     if args.command == "serve" and is_loopback(args.host):
         # Before anything imports Ray (the config module does): Ray reads it once, at import.
