@@ -34,11 +34,6 @@ def test_a_killed_engine_replica_ends_its_streams_with_an_error_event_and_refuse
     assert result.ok, table([result])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured 2026-12-01 on Ray 2.60: the gcs_server restarted from its own command line reloads its "
-    "tables from Redis and the raylet and workers resubscribe, but every Ray client's GCS channel stays "
-    "'unavailable' and each process (raylet, driver, Serve controller, replicas) exits 60 s after the kill "
-    "(gcs_rpc_server_reconnect_timeout_s); see the report of issue 14, case 3"))
 def test_a_killed_gcs_restarted_from_redis_fails_no_request_and_the_cluster_is_whole(instance):
     kills.ready(instance)
     result = kills.case_gcs_killed(instance)
