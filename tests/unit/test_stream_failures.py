@@ -15,11 +15,15 @@ CHUNK = (b'data: {"id":"c","object":"chat.completion.chunk","created":0,"model":
          b'"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}\n\n')
 
 
-def streaming_app(fail_with: BaseException):
+def streaming_app(fail_with: BaseException, closes_first: bool = False):
+    """An event stream that fails after one chunk; `closes_first`: as Starlette's BaseHTTPMiddleware
+    does, the body is closed (empty, more_body False) before the exception is raised."""
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
         await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
+        if closes_first:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         raise fail_with
     return app
 
@@ -34,16 +38,17 @@ def client(app) -> openai.AsyncOpenAI:
                               http_client=httpx.AsyncClient(transport=httpx.ASGITransport(app=app)))
 
 
+@pytest.mark.parametrize("closes_first", [False, True], ids=["raises", "closes-then-raises"])
 @pytest.mark.parametrize("failure, status, code", [
     (EngineUnavailable("tiny-chat"), "service_unavailable_error", "engine_unavailable"),
     (RuntimeError("boom"), "api_error", "stream_failed"),
 ])
-def test_a_stream_that_fails_midway_ends_with_an_openai_error_event(failure, status, code):
-    asyncio.run(_test_a_stream_that_fails_midway_ends_with_an_openai_error_event(failure, status, code))
+def test_a_stream_that_fails_midway_ends_with_an_openai_error_event(failure, status, code, closes_first):
+    asyncio.run(_test_a_stream_that_fails_midway_ends_with_an_openai_error_event(failure, status, code, closes_first))
 
 
-async def _test_a_stream_that_fails_midway_ends_with_an_openai_error_event(failure, status, code):
-    stream = await client(StreamFailureLayer(streaming_app(failure))).chat.completions.create(
+async def _test_a_stream_that_fails_midway_ends_with_an_openai_error_event(failure, status, code, closes_first):
+    stream = await client(StreamFailureLayer(streaming_app(failure, closes_first))).chat.completions.create(
         model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
     contents = []
     with pytest.raises(openai.APIError) as raised:

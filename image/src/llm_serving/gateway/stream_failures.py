@@ -54,6 +54,11 @@ def stream_error_event(error: BaseException) -> bytes:
 
 
 class StreamFailureLayer:
+    """See the module docstring. Starlette's BaseHTTPMiddleware (inside Ray Serve LLM's app) closes
+    the response body (an empty `more_body: False`) before it re-raises the app's exception, so the
+    closing message of an event stream is held back until the inner app has returned: on a normal
+    return it goes out as it came, on an exception the error event closes the stream instead."""
+
     def __init__(self, app: ASGIApp):
         self.app = app
 
@@ -62,6 +67,7 @@ class StreamFailureLayer:
             await self.app(scope, receive, send)
             return
         state = {"event_stream": False, "ended": False}
+        held: list = []  # the event stream's closing message, until the app returns
 
         async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -72,6 +78,9 @@ class StreamFailureLayer:
                     headers.append((b"retry-after", str(RETRY_AFTER_ENGINE_S).encode()))
                     message = {**message, "headers": headers}
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                if state["event_stream"] and not message.get("body"):
+                    held.append(message)
+                    return
                 state["ended"] = True
             await send(message)
 
@@ -82,3 +91,6 @@ class StreamFailureLayer:
                 raise
             logger.warning("stream to %s failed mid-response: %r", scope.get("path"), error)
             await send({"type": "http.response.body", "body": stream_error_event(error), "more_body": False})
+            return
+        for message in held:
+            await send(message)
