@@ -75,8 +75,9 @@ CLIENT_TIMEOUT_S = 60.0  # the clients' read timeout: no byte for this long is a
 ENGINE_RECOVERY_BOUND_S = 360.0  # measured 66 s (actor) and 150-190 s (EngineCore) at load averages 40-110
 GATEWAY_RECOVERY_BOUND_S = 30.0
 GCS_DOWN_S = 5.0  # how long the GCS stays dead before its "container" starts it again
-GCS_RECOVERY_BOUND_S = 60.0  # restart -> a new driver sees the cluster whole
-DRAIN_BOUND_S = 30.0  # load stopped -> the engine runs no request
+GCS_RECOVERY_BOUND_S = 120.0  # restart -> a new driver (its own ray.init: 17-30 s here) sees the cluster whole
+DRAIN_BOUND_S = 30.0
+KILL_RACE_S = 1.0  # requests sent this soon after a kill count as in flight at it  # load stopped -> the engine runs no request
 # What each case allows clients to see.
 REFUSED_WHILE_DOWN = "503+Retry-After"
 
@@ -252,7 +253,10 @@ def case_engine_killed(inst: Instance, target: str = "replica actor") -> FaultRe
             return {OK}
         if outcome.streaming_at(fault_at):  # had reached the engine: it can only fail, visibly
             return {STREAM_ERROR, OK}
-        return {OK, REFUSED_WHILE_DOWN, STREAM_ERROR} if outcome.started < fault_at else {OK, REFUSED_WHILE_DOWN}
+        # Sent within a second of the kill: it may have reached the engine before its death was seen
+        # (make faults saw one such request get vLLM's own error event); visible, not silent.
+        racing = outcome.started < fault_at + KILL_RACE_S
+        return {OK, REFUSED_WHILE_DOWN, STREAM_ERROR} if racing else {OK, REFUSED_WHILE_DOWN}
 
     _allowed(result, outcomes, allowed, f"engine {target} killed", fault_at)
     result.check(recovered is not None, f"no request served within {ENGINE_RECOVERY_BOUND_S:.0f} s of the kill")
@@ -349,7 +353,7 @@ def case_gcs_killed(inst: Instance) -> FaultResult:
                     whole_at = time.monotonic()
                     break
             except (RuntimeError, subprocess.TimeoutExpired) as error:
-                state = {"error": str(error)[-300:]}
+                state = {"error": str(error)[-300:], "first error": state.get("first error", str(error)[-300:])}
             time.sleep(1)
         # Requests after the GCS is back (or, when it is not, what the clients see meanwhile).
         time.sleep(10 if whole_at is not None else 2)
