@@ -550,7 +550,9 @@ def case_slow_clients(instance: Instance) -> FaultResult:
 
     def never_reads() -> Tuple[str, Optional[float]]:
         # 20 log-probabilities per token: ~0.5 MB of events, more than the socket buffers on the way hold.
-        body = json.dumps({"model": CHAT, "messages": HI, "max_tokens": LONG_TOKENS, "stream": True,
+        # On the other engine: the probe measures what the slow clients hold (HAProxy, Serve's proxy, the
+        # gateway), not one heavy request's share of the probe's engine.
+        body = json.dumps({"model": SMALL, "messages": HI, "max_tokens": LONG_TOKENS, "stream": True,
                            "ignore_eos": True, "min_tokens": LONG_TOKENS, "logprobs": True,
                            "top_logprobs": 20}).encode()
         sock = socket.socket()
@@ -574,7 +576,7 @@ def case_slow_clients(instance: Instance) -> FaultResult:
             headers_f.result(), body_f.result(), unread_f.result())
     stop_probe.set()
     time.sleep(0.5)
-    engine_idle_s = wait_until(lambda: engine_metric(instance, "num_requests_running", CHAT) == 0, 30)
+    engine_idle_s = wait_until(lambda: engine_metric(instance, "num_requests_running", SMALL) == 0, 30)
 
     def shown(seconds: Optional[float]) -> str:
         return "still open" if seconds is None else f"{seconds:.1f} s"
