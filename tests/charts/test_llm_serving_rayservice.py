@@ -369,6 +369,13 @@ class TestEnvironment:
             variables = env(ray_container(template))
             assert {name: variables[name] for name in FAST_PATH} == dict.fromkeys(FAST_PATH, value)
 
+    @pytest.mark.parametrize("values, seconds", [({}, "60"), ({"fastPath": {"clientIdleTimeoutSeconds": 300}}, "300")])
+    def test_haproxy_client_idle_timeout_on_every_ray_container(self, values, seconds):
+        """Issue 14 case 7: Ray's HAProxy holds an idle client for 3600 s unless told otherwise."""
+        objects = render_gpu(values)
+        for template in (head_pod(objects), worker_group(objects, "l40s")["template"]):
+            assert env(ray_container(template))["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] == seconds
+
     def test_secrets_only_by_reference(self):
         objects = render_gpu({"secretEnv": {"MILVUS_TOKEN": {"secretName": "milvus", "key": "token"}}})
         for template in (head_pod(objects), worker_group(objects, "l40s")["template"]):

@@ -216,6 +216,8 @@ and plain settings.
   value: {{ $fastPath | quote }}
 - name: RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING
   value: {{ $fastPath | quote }}
+- name: RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S
+  value: {{ $root.Values.fastPath.clientIdleTimeoutSeconds | toString | quote }}
 {{- if .worker }}
 - name: HF_HOME
   value: {{ printf "%s/huggingface" $root.Values.modelCache.mountPath | quote }}
@@ -256,7 +258,7 @@ Usage: {{ include "llm-serving.ray.envNames" . }}
 Names the chart sets itself; secretEnv and extraEnv may not set them (validate.yaml).
 */}}
 {{- define "llm-serving.ray.envNames" -}}
-RAY_SERVE_THROUGHPUT_OPTIMIZED,RAY_SERVE_ENABLE_HA_PROXY,RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING,HF_HOME,LLM_SERVING_CACHE
+RAY_SERVE_THROUGHPUT_OPTIMIZED,RAY_SERVE_ENABLE_HA_PROXY,RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING,RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S,HF_HOME,LLM_SERVING_CACHE
 {{- end -}}
 
 {{/*
