@@ -12,7 +12,8 @@ titles inside the command's process tree and killed with SIGKILL (a crash, an OO
    an OpenAI-shaped error event; requests sent meanwhile get 503 + Retry-After (or are served);
    Serve starts a replacement; recovery = kill -> first request sent after the kill that is served.
 2. Gateway replica killed (one of two): the other keeps serving; only requests in flight at the kill
-   may fail (the ones it held), and none sent after it.
+   may fail (the ones it held), or sent within a second of it (until Serve sees the death, HAProxy
+   and Serve's router may still hand it one), and none sent later.
 3. GCS killed: `gcs_server` SIGKILLed under load, then started again with its own command line (read
    from the killed process) after a pause, as the restart of a KubeRay head container starts it.
    Serving must go on with no failed request, and the cluster must be whole afterwards: a new driver
@@ -37,7 +38,6 @@ EngineCore kill, which adds another engine restart (about a minute) and runs onl
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -46,7 +46,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import httpx
 import psutil
@@ -76,8 +76,8 @@ ENGINE_RECOVERY_BOUND_S = 360.0  # measured 66 s (actor) and 150-190 s (EngineCo
 GATEWAY_RECOVERY_BOUND_S = 30.0
 GCS_DOWN_S = 5.0  # how long the GCS stays dead before its "container" starts it again
 GCS_RECOVERY_BOUND_S = 120.0  # restart -> a new driver (its own ray.init: 17-30 s here) sees the cluster whole
-DRAIN_BOUND_S = 30.0
-KILL_RACE_S = 1.0  # requests sent this soon after a kill count as in flight at it  # load stopped -> the engine runs no request
+DRAIN_BOUND_S = 30.0  # load stopped -> the engine runs no request
+KILL_RACE_S = 1.0  # requests sent this soon after a kill count as in flight at it
 # What each case allows clients to see.
 REFUSED_WHILE_DOWN = "503+Retry-After"
 
@@ -271,7 +271,7 @@ def case_gateway_killed(inst: Instance) -> FaultResult:
     result = FaultResult(
         fault=f"gateway replica killed (1 of 2) during {CLIENTS} streams",
         sent=0, failed=0,
-        bound="only requests in flight at the kill may fail, none sent after; no engine request left",
+        bound="only requests in flight at the kill (or sent < 1 s after it) may fail; no engine request left",
     )
     gateways = inst.find(GATEWAY_REPLICA_TITLE)
     assert len(gateways) == 2, f"expected two gateway replicas, found {[g.pid for g in gateways]}"
@@ -285,12 +285,17 @@ def case_gateway_killed(inst: Instance) -> FaultResult:
     finally:
         outcomes = load.stop()
     result.recovery_s = None if recovered is None else recovered - fault_at
-    held = [o for o in outcomes if o.in_flight_at(fault_at)]
+
+    def held_by_it(outcome: Outcome) -> bool:
+        # In flight at the kill, or sent within KILL_RACE_S of it: HAProxy and Serve's router may
+        # still hand a request to the dead replica until Serve sees its death (make test saw one
+        # sent at +0.0 s end as a closed connection).
+        return outcome.in_flight_at(fault_at) or fault_at <= outcome.started < fault_at + KILL_RACE_S
+
+    held = [o for o in outcomes if held_by_it(o)]
 
     def allowed(outcome: Outcome) -> set:
-        if outcome.in_flight_at(fault_at):  # may have been the killed replica's
-            return {OK, STREAM_ERROR, CONNECTION_CLOSED}
-        return {OK}
+        return {OK, STREAM_ERROR, CONNECTION_CLOSED} if held_by_it(outcome) else {OK}
 
     _allowed(result, outcomes, allowed, "gateway replica killed", fault_at)
     result.check(result.failed <= len(held), f"{result.failed} failed, more than the {len(held)} in flight")
@@ -310,12 +315,14 @@ print(json.dumps({"nodes": nodes, "app": status.status.value,
 """
 
 
-def cluster_state(gcs_address: str, timeout_s: float) -> dict:
-    """What a new driver sees through the GCS: its nodes and Serve's application status."""
+def cluster_state(gcs_address: str, timeout_s: float, cluster_environment: Dict[str, str]) -> dict:
+    """What a new driver sees through the GCS: its nodes and Serve's application status. The driver
+    runs with the cluster's own environment (the GCS's): Ray 2.60 turns token authentication on for
+    a local cluster (RAY_AUTH_MODE=token in its processes), and a driver without it is refused."""
     from llm_serving.local_binding import RAY_LOOPBACK_ENVIRONMENT
 
     completed = subprocess.run([sys.executable, "-c", CLUSTER_CHECK, gcs_address], capture_output=True, text=True,
-                               timeout=timeout_s, env={**os.environ, **RAY_LOOPBACK_ENVIRONMENT})
+                               timeout=timeout_s, env={**cluster_environment, **RAY_LOOPBACK_ENVIRONMENT})
     if completed.returncode != 0:
         raise RuntimeError(f"cluster check failed ({completed.returncode}): {completed.stderr[-2000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -348,7 +355,7 @@ def case_gcs_killed(inst: Instance) -> FaultResult:
         deadline = restarted_at + GCS_RECOVERY_BOUND_S
         while time.monotonic() < deadline and inst.app.process.poll() is None:
             try:
-                state = cluster_state(gcs_address, max(5.0, deadline - time.monotonic()))
+                state = cluster_state(gcs_address, max(5.0, deadline - time.monotonic()), environment)
                 if state["app"] == "RUNNING" and state["nodes"] and all(n["alive"] for n in state["nodes"]):
                     whole_at = time.monotonic()
                     break
