@@ -47,18 +47,19 @@ def _ingress_fastapi_app() -> FastAPI:
     return app
 
 
-def readiness_from_status(status, deployments: Dict[str, Tuple[str, str]]) -> Dict[str, bool]:
-    """A model is ready when its deployment has a running replica, or is healthy at zero replicas
-    (scaled to zero: the first request wakes it up rather than failing)."""
+def readiness_from_status(status, deployments: Dict[str, Tuple[str, str]]) -> Dict[str, Tuple[bool, int]]:
+    """Per model: (ready, running replicas). A model is ready when its deployment has a running
+    replica, or is healthy at zero replicas (scaled to zero: the first request wakes it up rather
+    than failing)."""
     ready = {}
     for model, (app_name, deployment_name) in deployments.items():
         application = status.applications.get(app_name)
         deployment = application.deployments.get(deployment_name) if application else None
         if deployment is None:
-            ready[model] = False
+            ready[model] = (False, 0)
             continue
         running = deployment.replica_states.get("RUNNING", 0)
-        ready[model] = running > 0 or deployment.status == "HEALTHY"
+        ready[model] = (running > 0 or deployment.status == "HEALTHY", running)
     return ready
 
 
@@ -68,10 +69,14 @@ class ModelReadiness:
     def __init__(self, handles: Dict[str, DeploymentHandle]):
         self._deployments = {model: (h.app_name, h.deployment_name) for model, h in handles.items()}
         self._ready = {model: False for model in handles}
+        self._running = {model: 0 for model in handles}
         self._task: Optional[asyncio.Task] = None
 
     def __call__(self) -> Dict[str, bool]:
         return self._ready
+
+    def running_replicas(self, model: str) -> int:
+        return self._running.get(model, 0)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._poll_forever())
@@ -80,7 +85,9 @@ class ModelReadiness:
         while True:
             try:
                 status = await asyncio.to_thread(serve.status)
-                self._ready = readiness_from_status(status, self._deployments)
+                states = readiness_from_status(status, self._deployments)
+                self._ready = {model: ready for model, (ready, _) in states.items()}
+                self._running = {model: running for model, (_, running) in states.items()}
             except Exception:  # keep the last known state; the next poll may succeed
                 logger.warning("could not read Serve status for model readiness", exc_info=True)
             await asyncio.sleep(READINESS_POLL_INTERVAL_S)
@@ -119,7 +126,9 @@ class _GatewayOpenAiIngress(with_engine_response_hook(OpenAiIngress)):  # type: 
           EngineUnavailable: 503 + Retry-After before the stream starts, an error event inside it
           (gateway/stream_failures.py);
         - a request still waiting for its first response when the model stops being ready (no
-          running replica: the one it was routed to died) is given up the same way."""
+          running replica: the one it was routed to died) is given up the same way. Not when the
+          model had no running replica as the request came: that request is waking a model scaled
+          to zero, and Serve's router holds it while a replica starts (values/scale-to-zero.yaml)."""
         responses = responses.__aiter__()
         try:
             first = await self._first_while_ready(responses, model)
@@ -130,12 +139,13 @@ class _GatewayOpenAiIngress(with_engine_response_hook(OpenAiIngress)):  # type: 
             raise EngineUnavailable(model) from error
 
     async def _first_while_ready(self, responses: AsyncIterator[Any], model: Optional[str]) -> Any:
+        had_replicas = model is not None and self._readiness.running_replicas(model) > 0
         first = asyncio.ensure_future(responses.__anext__())
         while True:
             done, _ = await asyncio.wait({first}, timeout=FIRST_RESPONSE_READINESS_CHECK_S)
             if done:
                 return first.result()
-            if model is not None and self._readiness().get(model) is False:
+            if had_replicas and model is not None and self._readiness().get(model) is False:
                 first.cancel()
                 raise EngineUnavailable(model)
 
