@@ -245,22 +245,28 @@ def test_catches_an_undocumented_secret(tmp_path):
 
 # ------------------------------------------------------------------- NOTES.txt tells the recovery
 
-def test_notes_tell_how_to_recover_from_the_initializing_timeout(tmp_path):
-    """Issue 13.6: rendered by the real helm (NOTES.txt copied into a scratch chart as a ConfigMap)."""
+def rendered_notes(tmp_path: Path, profile: Path, namespace: str) -> str:
+    """llm-serving's NOTES.txt as the real helm renders it for `profile` (NOTES.txt copied into a
+    scratch chart as a ConfigMap: helm template does not print NOTES)."""
     import shutil
 
     chart = tmp_path / "llm-serving"
-    shutil.copytree(render.CHARTS / "llm-serving", chart, symlinks=True)
-    shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes-under-test.txt")
-    (chart / "templates" / "notes-under-test.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
-        'data:\n  notes: {{ tpl (.Files.Get "notes-under-test.txt") . | quote }}\n'
-    )
+    if not chart.exists():
+        shutil.copytree(render.CHARTS / "llm-serving", chart, symlinks=True)
+        shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes-under-test.txt")
+        (chart / "templates" / "notes-under-test.yaml").write_text(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+            'data:\n  notes: {{ tpl (.Files.Get "notes-under-test.txt") . | quote }}\n'
+        )
+    objects = render.render_chart("llm-serving", values_files=[profile], chart_dir=chart, namespace=namespace,
+                                  release="llm", show_only=["templates/notes-under-test.yaml"])
+    return render.one(objects, "ConfigMap")["data"]["notes"]
 
+
+def test_notes_tell_how_to_recover_from_the_initializing_timeout(tmp_path):
+    """Issue 13.6: rendered by the real helm (NOTES.txt copied into a scratch chart as a ConfigMap)."""
     def notes(profile: Path) -> str:
-        objects = render.render_chart("llm-serving", values_files=[profile], chart_dir=chart, namespace="llm-serving",
-                                      release="llm", show_only=["templates/notes-under-test.yaml"])
-        return render.one(objects, "ConfigMap")["data"]["notes"]
+        return rendered_notes(tmp_path, profile, namespace="llm-serving")
 
     text = notes(render.VALUES / "llama-70b-tp4.yaml")
     assert "If it is not Ready within 90m (initializingTimeout)" in text
@@ -315,20 +321,8 @@ def test_an_expiring_head_pool_is_caught_unless_the_profile_has_gcs_fault_tolera
 
 
 def test_notes_tell_that_the_delete_waits_for_the_redis_cleanup_with_gcs_fault_tolerance(tmp_path):
-    import shutil
-
-    chart = tmp_path / "llm-serving"
-    shutil.copytree(render.CHARTS / "llm-serving", chart, symlinks=True)
-    shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes-under-test.txt")
-    (chart / "templates" / "notes-under-test.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
-        'data:\n  notes: {{ tpl (.Files.Get "notes-under-test.txt") . | quote }}\n'
-    )
-
     def notes(profile: Path) -> str:
-        objects = render.render_chart("llm-serving", values_files=[profile], chart_dir=chart, namespace="llm",
-                                      release="llm", show_only=["templates/notes-under-test.yaml"])
-        return render.one(objects, "ConfigMap")["data"]["notes"]
+        return rendered_notes(tmp_path, profile, namespace="llm")
 
     text = notes(render.VALUES / "high-availability-8b.yaml")
     assert "kubectl -n llm get rayservice llm-llm-serving -o jsonpath=" in text and "InitializingTimeout" in text
