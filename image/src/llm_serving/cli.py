@@ -84,6 +84,17 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="where Ray's and vLLM's logs go (default: a new file under the temp directory, printed at start)",
     )
+    batch = commands.add_parser(
+        "batch", help="run an offline batch job (Ray Data LLM, dedicated vLLM engines) over a dataset"
+    )
+    batch.add_argument(
+        "config",
+        type=Path,
+        help="batch values profile (its job: block, charts/llm-batch) or the job config the chart renders",
+    )
+    batch.add_argument(
+        "--num-cpus", type=int, default=None, help="logical CPUs of the local Ray (default: 4 + 2 per engine)"
+    )
     check = commands.add_parser("check", help="validate a config file and print the models it serves")
     check.add_argument("config", type=Path)
     return parser
@@ -332,6 +343,24 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(args: argparse.Namespace) -> int:
+    """Run the job in this process: on the Ray cluster of RAY_ADDRESS (a RayJob's entrypoint runs on
+    one), else on a local Ray of its own that ends with the process."""
+    from llm_serving.batch_job import load_batch_job_config, run_batch_job
+
+    job = load_batch_job_config(args.config)  # a bad file is refused before Ray starts
+    if job.model.device == "cpu":
+        for key, value in CPU_ENGINE_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
+    console = Console.terminal()
+    try:
+        run_batch_job(job, console.say, num_cpus=args.num_cpus)
+    except Exception:  # noqa: BLE001 - the job failed: say why, exit non-zero so a RayJob retries
+        console.error(f"llm-serving batch: failed:\n{traceback.format_exc()}")
+        return 1
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     for key, value in {**FAST_PATH_ENVIRONMENT, **CLIENT_TIMEOUT_ENVIRONMENT}.items():
@@ -342,7 +371,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from llm_serving.config import ConfigError
 
     try:
-        return _serve(args) if args.command == "serve" else _check(args)
+        commands = {"serve": _serve, "batch": _batch, "check": _check}
+        return commands[args.command](args)
     except (ConfigError, ConfigFileError) as error:
         print(f"llm-serving: {error}", file=sys.stderr)
         return 2
