@@ -13,7 +13,7 @@ from tests.charts import render
 
 CHART = "llm-serving"
 CHART_DIR = render.CHARTS / CHART
-PROFILES = sorted(render.VALUES.glob("*.yaml"))
+PROFILES = render.profiles("llm-serving")
 GPU_TAINT_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
 NODE_POOL_LABEL = "llm-serving.io/node-pool"
 

@@ -40,6 +40,28 @@ BUILTIN_GROUPS = {
 }
 
 
+# The top-level key that says which chart a values profile is for: the serving app's `app:` or the
+# batch job's `job:` (see values/README.md). Tests that render profiles take them from profiles().
+PROFILE_CHARTS = {"app": "llm-serving", "job": "llm-batch"}
+
+
+def profile_chart(path: Path) -> str:
+    """The chart under charts/ that a values profile is for."""
+    document = yaml.safe_load(path.read_text()) or {}
+    charts = [chart for key, chart in PROFILE_CHARTS.items() if key in document]
+    if len(charts) != 1:
+        raise AssertionError(
+            f"{path.name}: a values profile has exactly one of the top-level keys {sorted(PROFILE_CHARTS)} "
+            f"(found {len(charts)}), which names its chart"
+        )
+    return charts[0]
+
+
+def profiles(chart: str) -> List[Path]:
+    """values/*.yaml for `chart`, sorted."""
+    return [path for path in sorted(VALUES.glob("*.yaml")) if profile_chart(path) == chart]
+
+
 class HelmError(RuntimeError):
     """helm failed; the message is helm's own stderr (what a user would see)."""
 

@@ -320,7 +320,7 @@ class TestProfilesLandOnThesePools:
 
     DEFAULT_POOLS = {name: pool for name, pool in nodepools(render.render_chart(CHART, values=BASE)).items()}
 
-    @pytest.mark.parametrize("profile", sorted(render.VALUES.glob("*.yaml")), ids=lambda p: p.name)
+    @pytest.mark.parametrize("profile", render.profiles("llm-serving"), ids=lambda p: p.name)
     def test_profile(self, profile: Path):
         objects = render.render_chart("llm-serving", values_files=[profile], namespace="llm")
         (rayservice,) = render.by_kind(objects, "RayService")

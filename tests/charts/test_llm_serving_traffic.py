@@ -20,7 +20,7 @@ CANARY = {
     "limits": {"window_seconds": 60, "default": {"requests": 600, "tokens": 100000, "concurrent": 8}},
     "keys_revision": "2",
 }
-PROFILES = sorted(p for p in render.VALUES.glob("*.yaml"))
+PROFILES = render.profiles("llm-serving")
 INVALID_TRAFFIC = yaml.safe_load((render.REPO / "tests" / "cases" / "invalid_traffic.yaml").read_text())
 KEYS_PATH = "/etc/llm-serving/api-keys/{key}"  # where the chart mounts apiKeys.existingSecret
 

@@ -5,9 +5,9 @@ import pytest
 
 from llm_serving.cli import FAST_PATH_ENVIRONMENT
 from tests.charts.llm_serving_chart import cluster, env, ray_container
-from tests.charts.render import VALUES, render_chart
+from tests.charts.render import profiles, render_chart
 
-PROFILES = sorted(VALUES.glob("*.yaml"))
+PROFILES = profiles("llm-serving")
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)

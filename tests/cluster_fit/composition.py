@@ -533,11 +533,11 @@ def agreements(flux: Optional[Flux] = None) -> List[Agreement]:
     flux = flux or Flux.load()
     return (check_apis_at_install(flux) + check_prometheus_selects(flux) + check_monitors_find_ray_pods(flux)
             + check_operator_metrics(flux) + check_dashboards_loaded(flux)
-            + check_serving_timeout(flux, sorted(render.VALUES.glob("*.yaml")))
-            + check_not_ready_alert_waits_for_start_up(flux, sorted(render.VALUES.glob("*.yaml")))
+            + check_serving_timeout(flux, render.profiles("llm-serving"))
+            + check_not_ready_alert_waits_for_start_up(flux, render.profiles("llm-serving"))
             + check_no_uninstall(flux) + check_node_pools(flux) + check_external_secrets(flux)
             + check_serving_pod_selectors(flux)
-            + check_head_pool_expiry(flux, sorted(render.VALUES.glob("*.yaml"))))
+            + check_head_pool_expiry(flux, render.profiles("llm-serving")))
 
 
 def composition_table(rows: List[Agreement]) -> str:

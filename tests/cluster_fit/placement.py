@@ -39,7 +39,7 @@ from llm_serving.app import to_llm_config
 from llm_serving.config import parse_app_config
 from tests.charts import render
 
-PROFILES = sorted(render.VALUES.glob("*.yaml"))
+PROFILES = render.profiles("llm-serving")
 # Ray Serve LLM's hint per bundle for the accelerator-type resource (VLLMEngineConfig.placement_bundles).
 ACCELERATOR_HINT = 0.001
 STANDARD_KEYS = {"CPU", "GPU", "TPU", "memory"}

@@ -19,7 +19,7 @@ from tests.charts import render
 from tests.cluster_fit import composition as c
 
 FLUX = c.Flux.load()
-PROFILES = sorted(render.VALUES.glob("*.yaml"))
+PROFILES = render.profiles("llm-serving")
 
 
 def with_release(name: str, change: Callable[[Dict[str, Any]], None]) -> c.Flux:
@@ -292,7 +292,7 @@ def test_the_not_ready_alert_would_page_during_a_70b_start_with_the_charts_defau
     flux = c.Flux.load()
     alerts = flux.releases["llm-monitoring"]["spec"]["values"]["prometheusRule"]["alerts"]
     del alerts["LLMServingRayServiceNotReady"]
-    (row,) = c.check_not_ready_alert_waits_for_start_up(flux, sorted(c.render.VALUES.glob("*.yaml")))
+    (row,) = c.check_not_ready_alert_waits_for_start_up(flux, c.render.profiles("llm-serving"))
     assert not row.ok and row.found == "for 30m"
 
 
