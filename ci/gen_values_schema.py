@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write charts/llm-serving/values.schema.json from its two sources.
+"""Write charts/llm-serving/values.schema.json and charts/llm-batch/values.schema.json from their sources.
 
 - `app:` comes from the app's own pydantic models, `llm_serving.serve_config.AppBlock.model_json_schema()`
   (the build args of llm_serving.config.AppConfig and the live llm_serving.traffic_config.TrafficConfig),
@@ -9,6 +9,9 @@
   app's MODEL_NAME_PATTERN.
 - Everything else comes from the hand-written charts/llm-serving/values.schema.chart.yaml. A key
   without a `description` there takes the `# --` comment of the same key in values.yaml.
+
+charts/llm-batch is built the same way: `job:` from llm_serving.batch_job.BatchJobConfig (its $defs
+under a `job.` prefix), the rest from charts/llm-batch/values.schema.chart.yaml.
 
 Usage: ci/gen_values_schema.py [--check]   (--check: exit 1 if the file on disk differs)
 """
@@ -70,9 +73,9 @@ def app_schema() -> Tuple[Dict[str, Any], Dict[str, Any]]:
     return root, defs
 
 
-def add_descriptions(schema: Dict[str, Any]) -> None:
+def add_descriptions(schema: Dict[str, Any], values: Path = VALUES) -> None:
     """Fill `description` of chart keys from the `# --` comments of values.yaml."""
-    for doc in parse_values_docs(VALUES):
+    for doc in parse_values_docs(values):
         if doc.description is None:
             continue
         node = schema
@@ -105,24 +108,67 @@ def render() -> str:
     return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
 
 
+BATCH_CHART = REPO / "charts" / "llm-batch"
+BATCH_OUTPUT = BATCH_CHART / "values.schema.json"
+JOB_DEF_PREFIX = "job."
+
+
+def build_batch() -> Dict[str, Any]:
+    """charts/llm-batch: `job:` is the batch job's pydantic model, the rest its chart schema."""
+    from llm_serving.batch_job import BatchJobConfig
+
+    schema = yaml.safe_load((BATCH_CHART / "values.schema.chart.yaml").read_text())
+    add_descriptions(schema, BATCH_CHART / "values.yaml")
+    job = BatchJobConfig.model_json_schema()
+    definitions = job.pop("$defs", {})
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                key: rewrite(
+                    "#/$defs/" + JOB_DEF_PREFIX + value[len("#/$defs/") :]
+                    if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/")
+                    else value
+                )
+                for key, value in node.items()
+                if not (key in DROPPED_KEYWORDS and isinstance(value, str))
+            }
+        if isinstance(node, list):
+            return [rewrite(item) for item in node]
+        return node
+
+    job_root = rewrite(job)
+    job_root["description"] = (
+        schema["properties"]["job"].get("description", "") + " (generated from llm_serving.batch_job.BatchJobConfig)"
+    ).strip()
+    schema["properties"]["job"] = job_root
+    schema["$defs"] = {**schema.get("$defs", {}), **{JOB_DEF_PREFIX + n: rewrite(b) for n, b in definitions.items()}}
+    return schema
+
+
+def render_batch() -> str:
+    return json.dumps(build_batch(), indent=2, ensure_ascii=False) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail if values.schema.json is not up to date")
     args = parser.parse_args()
-    text = render()
-    if args.check:
-        current = OUTPUT.read_text() if OUTPUT.exists() else ""
-        if current != text:
-            diff = difflib.unified_diff(
-                current.splitlines(), text.splitlines(), str(OUTPUT), "generated", lineterm="", n=2
-            )
-            print("\n".join(list(diff)[:60]), file=sys.stderr)
-            print(f"{OUTPUT.relative_to(REPO)} is out of date; run ci/gen_values_schema.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT.relative_to(REPO)}")
-    return 0
+    failed = 0
+    for output, text in ((OUTPUT, render()), (BATCH_OUTPUT, render_batch())):
+        if args.check:
+            current = output.read_text() if output.exists() else ""
+            if current != text:
+                diff = difflib.unified_diff(
+                    current.splitlines(), text.splitlines(), str(output), "generated", lineterm="", n=2
+                )
+                print("\n".join(list(diff)[:60]), file=sys.stderr)
+                print(f"{output.relative_to(REPO)} is out of date; run ci/gen_values_schema.py", file=sys.stderr)
+                failed = 1
+            continue
+        output.write_text(text)
+        print(f"wrote {output.relative_to(REPO)}")
+    return failed
 
 
 if __name__ == "__main__":
