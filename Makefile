@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (each installs what it needs first):
 #   make serve   serve values/dev-cpu.yaml locally on the CPU (CONFIG=path to serve another file)
 #   make test    run the whole test suite
+# Also: make batch INPUT=requests.jsonl OUTPUT=results/ (an offline batch job on the CPU, values/batch-offline-cpu.yaml),
 # Also: make lint (ruff and mypy on image/src), make bench (benchmarks that print ratios),
 #   make cluster-fit (the EKS fit simulation's tables),
 #   make faults (the whole fault battery on the real app; prints its table),
@@ -11,7 +12,7 @@ VENV  := .venv
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: serve test lint bench cluster-fit faults lock setup image image-test
+.PHONY: serve batch test lint bench cluster-fit faults lock setup image image-test
 
 # The CPU image, built locally (no Docker daemon or Docker Hub needed): see ci/build-image.sh.
 IMAGE ?= localhost/llm-serving:$(shell sed -n 's/^version = "\(.*\)"$$/\1/p' image/pyproject.toml)-cpu
@@ -24,6 +25,11 @@ setup: $(STAMP)
 
 serve: $(STAMP)
 	$(VENV)/bin/llm-serving serve $(CONFIG)
+
+# An offline batch job with the CPU batch profile (BATCH_CONFIG= another), reading INPUT and writing OUTPUT.
+BATCH_CONFIG ?= values/batch-offline-cpu.yaml
+batch: $(STAMP)
+	$(VENV)/bin/llm-serving batch $(BATCH_CONFIG) $(if $(INPUT),--input $(INPUT)) $(if $(OUTPUT),--output $(OUTPUT))
 
 test: $(STAMP)
 	ci/test.sh

@@ -112,6 +112,20 @@ class BatchJobConfig(StrictModel):
         4, ge=1, description="Batches in flight per engine, so the engine is never idle between batches."
     )
 
+    def with_locations(self, input_uri: Optional[str], output_uri: Optional[str]) -> BatchJobConfig:
+        """This job reading and writing elsewhere (a local run of a cluster profile); a local
+        path is made absolute, so every Ray worker finds it whatever its working directory."""
+
+        def located(uri: str) -> str:
+            return uri if "://" in uri else str(Path(uri).resolve())
+
+        changed = self.model_copy(deep=True)
+        if input_uri:
+            changed.input.uri = located(input_uri)
+        if output_uri:
+            changed.output.uri = located(output_uri)
+        return changed
+
     @model_validator(mode="after")
     def _generate_only(self) -> BatchJobConfig:
         if self.model.task != "generate":

@@ -92,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="batch values profile (its job: block, charts/llm-batch) or the job config the chart renders",
     )
+    batch.add_argument("--input", default=None, help="read this URI instead of the config's input.uri")
+    batch.add_argument("--output", default=None, help="write to this URI instead of the config's output.uri")
     batch.add_argument(
         "--num-cpus", type=int, default=None, help="logical CPUs of the local Ray (default: 4 + 2 per engine)"
     )
@@ -349,6 +351,8 @@ def _batch(args: argparse.Namespace) -> int:
     from llm_serving.batch_job import load_batch_job_config, run_batch_job
 
     job = load_batch_job_config(args.config)  # a bad file is refused before Ray starts
+    if args.input or args.output:
+        job = job.with_locations(args.input, args.output)
     if job.model.device == "cpu":
         for key, value in CPU_ENGINE_ENVIRONMENT.items():
             os.environ.setdefault(key, value)
