@@ -92,11 +92,12 @@ def lora_settings(lora: LoraConfig) -> Dict[str, Any]:
     max_adapters_per_replica adapters per replica. Its dynamic_lora_loading_path takes only cloud
     prefixes; a local folder is given to the engine replicas instead (bind argument
     `adapters_source`, lora.LocalAdapterLoader)."""
-    settings: Dict[str, Any] = {"max_num_adapters_per_replica": lora.max_adapters_per_replica}
+    settings: Dict[str, Any] = {
+        "max_num_adapters_per_replica": lora.max_adapters_per_replica,
+        "download_timeout_s": lora.download_timeout_s,
+    }
     if lora.is_remote:
         settings["dynamic_lora_loading_path"] = lora.source
-    if lora.download_timeout_s is not None:
-        settings["download_timeout_s"] = lora.download_timeout_s
     return settings
 
 

@@ -142,8 +142,8 @@ class LoraConfig(StrictModel):
         ),
     )
     max_rank: LoraRank = Field(16, description="Largest adapter rank (r) the engine accepts (vLLM's max_lora_rank).")
-    download_timeout_s: Optional[float] = Field(
-        None, gt=0, description="Seconds an adapter's download may take; unset: no limit (remote sources only)."
+    download_timeout_s: float = Field(
+        30, gt=0, description="Seconds one adapter's download from a cloud source may take (Ray Serve LLM's default)."
     )
 
     @field_validator("source")
