@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from llm_serving.app import build_app, to_llm_config, uses_direct_streaming
-from llm_serving.builtin_models import TINY_CHAT_ADAPTERS, write_tiny_chat_adapter, write_tiny_chat_adapters
-from llm_serving.config import ConfigError, GatewayConfig, parse_app_config
+from llm_serving.app import to_llm_config, uses_direct_streaming
+from llm_serving.builtin_models import BUILTIN_ADAPTERS, TINY_CHAT_ADAPTERS, write_tiny_chat_adapter, write_tiny_chat_adapters
+from llm_serving.config import BUILTIN_ADAPTER_FOLDERS, ConfigError, GatewayConfig, parse_app_config
 from llm_serving.gateway.api_keys import ApiKeyStore, parse_keys_document
 from llm_serving.gateway.middleware import build_gateway
 from llm_serving.lora import ADAPTER_LISTING_TTL_S, AdapterCatalog, list_adapters, split_adapter
@@ -47,9 +47,10 @@ def test_a_local_folder_is_not_given_to_ray_which_takes_cloud_prefixes_only():
         {"models": {"plain": {"source": "org/base"}}, "gateway": NO_AUTH}).models["plain"]).engine_kwargs
 
 
-def test_lora_models_do_not_take_the_direct_streaming_path():
+def test_lora_models_do_not_take_the_direct_streaming_path(monkeypatch):
+    monkeypatch.setattr("llm_serving.app.RAY_SERVE_ENABLE_HA_PROXY", True)  # as on a cluster with the fast path
+    assert uses_direct_streaming(parse_app_config({"models": {"chat": {"source": "org/base"}}, "gateway": NO_AUTH}))
     assert not uses_direct_streaming(parse_app_config(lora_args({"source": "/adapters"})))
-    build_app(lora_args({"source": "/adapters"}, device="cpu"))  # builds with the gateway deployment
 
 
 @pytest.mark.parametrize(
@@ -70,6 +71,13 @@ def test_bad_lora_settings_name_the_key_and_the_fix(args, message):
     with pytest.raises(ConfigError) as error:
         parse_app_config(args)
     assert message in str(error.value)
+
+
+def test_builtin_adapter_folders_are_the_ones_builtin_models_makes():
+    assert set(BUILTIN_ADAPTER_FOLDERS) == set(BUILTIN_ADAPTERS)
+    parse_app_config(lora_args({"source": "builtin://tiny-chat-adapters"}))
+    with pytest.raises(ConfigError, match="builtin://nope"):
+        parse_app_config(lora_args({"source": "builtin://nope"}))
 
 
 def test_split_adapter_as_ray_serve_llm_does():

@@ -116,6 +116,8 @@ LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
 # these schemes, ray/llm/_internal/serve/core/configs/llm_config.py), a local or mounted folder, or
 # a folder of built-in adapters (llm_serving.builtin_models).
 REMOTE_ADAPTER_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")
+# The folders of adapters llm_serving.builtin_models makes (its BUILTIN_ADAPTERS; a unit test pins the two).
+BUILTIN_ADAPTER_FOLDERS = ("tiny-chat-adapters",)
 
 
 class LoraConfig(StrictModel):
@@ -149,7 +151,8 @@ class LoraConfig(StrictModel):
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
-        if not (value.startswith(REMOTE_ADAPTER_SCHEMES) or value.startswith("/") or value.startswith("builtin://")):
+        builtin = value.startswith("builtin://") and value[len("builtin://") :] in BUILTIN_ADAPTER_FOLDERS
+        if not (value.startswith(REMOTE_ADAPTER_SCHEMES) or value.startswith("/") or builtin):
             raise ValueError(
                 f"lora.source {value!r} is not an adapters folder; use an s3://, gs://, abfss:// or azure:// "
                 "prefix, an absolute path (e.g. /adapters on a mounted volume) or builtin://tiny-chat-adapters"

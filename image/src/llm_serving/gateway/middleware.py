@@ -372,7 +372,7 @@ class GatewayMiddleware:
             raise GatewayError(
                 404,
                 f"The adapter `{adapter}` of model `{base}` does not exist. Available adapters: "
-                + (", ".join(f"{base}:{a}" for a in visible) or "(none for this key)")
+                + (", ".join(f"{base}:{a}" for a in visible) or ("(none for this key)" if existing else "none"))
                 + ".",
                 code="model_not_found",
                 param="model",
