@@ -98,6 +98,26 @@ PRIVATE_NAMES: Dict[str, Tuple[str, Optional[str], str]] = {
         None,
         "local_binding patches its add_port_to_grpc_server, which hard-codes `[::]:0`; no setting for it",
     ),
+    "LoraModelLoader": (
+        f"{_LLM}.utils.lora_serve_utils",
+        "LoraModelLoader",
+        "LLMServer's model_downloader seam: lora.LocalAdapterLoader extends it to local adapter folders",
+    ),
+    "DiskMultiplexConfig": (
+        f"{_LLM}.core.configs.llm_config",
+        "DiskMultiplexConfig",
+        "what an adapter loader returns to LLMServer (the adapter's local path); no public name",
+    ),
+    "CloudFileSystem": (
+        "ray.llm._internal.common.utils.cloud_utils",
+        "CloudFileSystem",
+        "lists a cloud lora.source's adapter folders as Ray Serve LLM's own /v1/models does",
+    ),
+    "lora_id_manager": (
+        "ray.llm._internal.common.models",
+        "global_id_manager",
+        "the per-process int id vLLM needs for each loaded adapter, shared with Ray's own loader",
+    ),
     "HAPROXY_CONFIG_TEMPLATE": (
         "ray.serve._private.haproxy_templates",
         "HAPROXY_CONFIG_TEMPLATE",
@@ -117,6 +137,8 @@ PRIVATE_ATTRIBUTES: Tuple[Tuple[str, str, str], ...] = (
     ("ray.serve.deployment", "Application", "_with_ingress_request_router"),
     (f"{_LLM}.engines.vllm.vllm_engine", "VLLMEngine", "_oai_serving_tokenization"),
     (f"{_LLM}.engines.vllm.vllm_engine", "VLLMEngine", "_app_state"),
+    # Overridden by with_adapter_load_errors: where LLMServer loads a request's adapter.
+    (f"{_LLM}.core.server.llm_server", "LLMServer", "_maybe_resolve_lora_from_multiplex"),
 )
 
 
@@ -213,3 +235,30 @@ def with_engine_response_hook(ingress_cls: Any) -> Any:
                 yield response
 
     return EngineResponseHook
+
+
+def list_cloud_subfolders(folder_uri: str) -> List[str]:
+    """Names of the folders directly under a cloud prefix (s3://, gs://, abfss://, azure://)."""
+    return __getattr__("CloudFileSystem").list_subfolders(folder_uri)
+
+
+def next_lora_int_id() -> int:
+    """A new adapter id for vLLM, unique in this process (Ray's own loader takes ids from the same counter)."""
+    return __getattr__("lora_id_manager").next()
+
+
+def with_adapter_load_errors(server_cls: Any, error_cls: Any) -> Any:
+    """`server_cls` (an LLMServer) whose failure to load a request's adapter raises
+    `error_cls(model, reason)`: Ray 2.60 raises a bare ValueError/OSError there, which the ingress
+    answers with 500. LLMServer's private `_maybe_resolve_lora_from_multiplex` is where every
+    request's adapter is loaded (ray/llm/_internal/serve/core/server/llm_server.py)."""
+    from ray import serve
+
+    class AdapterLoadErrors(server_cls):
+        async def _maybe_resolve_lora_from_multiplex(self) -> None:
+            try:
+                await super()._maybe_resolve_lora_from_multiplex()
+            except Exception as error:
+                raise error_cls(serve.get_multiplexed_model_id(), str(error) or type(error).__name__) from None
+
+    return AdapterLoadErrors

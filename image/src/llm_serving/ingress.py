@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator, Dict, Optional, Tuple
 
 from fastapi import FastAPI
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from starlette.types import ASGIApp
@@ -29,6 +29,7 @@ from llm_serving.gateway.metrics import GatewayMetrics
 from llm_serving.gateway.middleware import build_gateway, key_store_for
 from llm_serving.gateway.stream_failures import EngineUnavailable, StreamFailureLayer
 from llm_serving.gateway.traffic import TrafficControl
+from llm_serving.lora import AdapterCatalog, AdapterLoadError, AdapterUnavailable, split_adapter
 from llm_serving.rag.routes import rag_layer
 
 logger = logging.getLogger(__name__)
@@ -101,11 +102,15 @@ class _GatewayOpenAiIngress(with_engine_response_hook(OpenAiIngress)):  # type: 
         *,
         gateway: Dict[str, Any],
         lora_paths: Optional[Dict[str, str]] = None,
+        adapter_sources: Optional[Dict[str, str]] = None,
         rag: Optional[Dict[str, Any]] = None,
         rag_store: Optional[DeploymentHandle] = None,
     ):
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
         self._model_names = list(model_cards)
+        # Each LoRA model's lora.source: the gateway checks and lists adapters from local folders too,
+        # which Ray's own lora_paths cannot hold (cloud prefixes only).
+        self._adapters = AdapterCatalog(adapter_sources or {})
         self._rag, self._rag_store = rag, rag_store
         self._gateway_config = GatewayConfig.model_validate(gateway)
         self._key_store = key_store_for(self._gateway_config)
@@ -115,6 +120,26 @@ class _GatewayOpenAiIngress(with_engine_response_hook(OpenAiIngress)):  # type: 
     async def reconfigure(self, user_config: Dict[str, Any]) -> None:
         """Serve's user_config: aliases, sticky routing and limits, applied in place."""
         await self._traffic.reconfigure(user_config)
+
+    async def model(self, model_id: str) -> Optional[Any]:
+        """A served model's card, or an existing adapter's: its base model's card under its own id."""
+        base, adapter = split_adapter(model_id)
+        if adapter is None or not self._adapters.has_adapters(base):
+            return await super().model(model_id)
+        if adapter not in await self._adapters.adapters(base):
+            return None
+        base_card = await super().model(base)
+        return base_card.model_copy(update={"id": model_id}) if base_card is not None else None
+
+    async def models(self) -> Any:
+        """GET /v1/models: the served models, each followed by the adapters it has."""
+        listing = await super().models()
+        cards = []
+        for card in listing.data:
+            cards.append(card)
+            for adapter in await self._adapters.adapters(card.id):
+                cards.append(card.model_copy(update={"id": f"{card.id}:{adapter}"}))
+        return listing.model_copy(update={"data": cards})
 
     async def engine_responses(self, responses: AsyncIterator[Any], model: Optional[str]) -> AsyncIterator[Any]:
         """The engine's responses (see _ray.with_engine_response_hook), with what clients see when
@@ -128,7 +153,9 @@ class _GatewayOpenAiIngress(with_engine_response_hook(OpenAiIngress)):  # type: 
         - a request still waiting for its first response when the model stops being ready (no
           running replica: the one it was routed to died) is given up the same way. Not when the
           model had no running replica as the request came: that request is waking a model scaled
-          to zero, and Serve's router holds it while a replica starts (values/scale-to-zero.yaml)."""
+          to zero, and Serve's router holds it while a replica starts (values/scale-to-zero.yaml);
+        - a LoRA adapter the replica could not load (bad files, too large a rank) is
+          AdapterUnavailable: 503 with the reason, not Ray Serve LLM's 500."""
         responses = responses.__aiter__()
         try:
             first = await self._first_while_ready(responses, model)
@@ -137,8 +164,16 @@ class _GatewayOpenAiIngress(with_engine_response_hook(OpenAiIngress)):  # type: 
                 yield response
         except (RayActorError, EngineDeadError) as error:
             raise EngineUnavailable(model) from error
+        except (AdapterLoadError, RayTaskError) as error:
+            # The replica could not load the request's adapter (Serve re-raises the replica's own
+            # exception; a RayTaskError wraps it on Ray's other paths).
+            failure = error.cause if isinstance(error, RayTaskError) else error
+            if isinstance(failure, AdapterLoadError):
+                raise AdapterUnavailable(failure.model, failure.reason) from None
+            raise
 
     async def _first_while_ready(self, responses: AsyncIterator[Any], model: Optional[str]) -> Any:
+        model = split_adapter(model)[0] if model is not None else None  # readiness is the base model's
         had_replicas = model is not None and self._readiness.running_replicas(model) > 0
         first = asyncio.ensure_future(responses.__anext__())
         while True:
@@ -168,5 +203,6 @@ class GatewayIngress(make_fastapi_ingress(_GatewayOpenAiIngress, app=_ingress_fa
                 self._readiness,
                 record=GatewayMetrics().record,
                 traffic=self._traffic,
+                adapters=self._adapters,
             ),
         )

@@ -2,24 +2,76 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ray.serve.llm.deployment import LLMServer
 
-from llm_serving._ray import clear_engine_config, enable_engine_tokenize
-from llm_serving.builtin_models import resolve_model_source
+from llm_serving._ray import (
+    DiskMultiplexConfig,
+    LoraModelLoader,
+    clear_engine_config,
+    enable_engine_tokenize,
+    next_lora_int_id,
+    with_adapter_load_errors,
+)
+from llm_serving.builtin_models import resolve_adapters_source, resolve_model_source
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.metrics import GatewayMetrics
 from llm_serving.gateway.middleware import build_gateway, key_store_for
 from llm_serving.gateway.traffic import TrafficControl
+from llm_serving.lora import ADAPTER_CONFIG_FILE, AdapterLoadError, is_remote, split_adapter
 
 
-class GatewayLLMServer(LLMServer):
-    """LLMServer that resolves `builtin://` sources on the node that loads the weights and, when it
-    is the ingress itself (direct streaming, one model), wraps vLLM's app in the gateway."""
+class LocalAdapterLoader(LoraModelLoader):
+    """Ray Serve LLM's adapter loader, which also takes adapters from a local folder (in place).
+
+    `adapters_source` is the model's `lora.source`; a cloud source goes to Ray's own download."""
+
+    adapters_source: Optional[str] = None  # set on a subclass per replica, see for_source
+
+    @classmethod
+    def for_source(cls, source: str) -> type:
+        return type(cls.__name__, (cls,), {"adapters_source": source})
+
+    async def load_model_from_config(self, lora_model_id: str, llm_config: Any) -> Any:
+        source = self.adapters_source
+        if source is None or is_remote(source):
+            return await super().load_model_from_config(lora_model_id, llm_config)
+        _, adapter = split_adapter(lora_model_id)
+        folder = Path(resolve_adapters_source(source)) / (adapter or "")
+        config_file = folder / ADAPTER_CONFIG_FILE
+        if not adapter or not config_file.is_file():
+            raise FileNotFoundError(f"adapter `{adapter}` has no {ADAPTER_CONFIG_FILE} under {source}")
+        try:
+            max_length = json.loads(config_file.read_text()).get("max_length")
+        except (ValueError, AttributeError) as error:
+            raise ValueError(f"{config_file} is not a JSON object: {error}") from None
+        return DiskMultiplexConfig(
+            model_id=lora_model_id,
+            max_total_tokens=max_length,
+            local_path=str(folder),
+            lora_assigned_int_id=next_lora_int_id(),
+        )
+
+
+class GatewayLLMServer(with_adapter_load_errors(LLMServer, AdapterLoadError)):  # type: ignore[misc]
+    """LLMServer that resolves `builtin://` sources on the node that loads the weights, loads LoRA
+    adapters from local folders too (`adapters_source`, a model's lora.source) and, when it is the
+    ingress itself (direct streaming, one model), wraps vLLM's app in the gateway."""
 
     # Serve awaits an async __init__ (LLMServer's own is one); mypy knows only the plain kind.
-    async def __init__(self, llm_config, *, gateway: Optional[Dict[str, Any]] = None, **kwargs):  # type: ignore[misc]
+    async def __init__(  # type: ignore[misc]
+        self,
+        llm_config,
+        *,
+        gateway: Optional[Dict[str, Any]] = None,
+        adapters_source: Optional[str] = None,
+        **kwargs,
+    ):
+        if adapters_source is not None:
+            kwargs["model_downloader"] = LocalAdapterLoader.for_source(adapters_source)
         source = llm_config.model_loading_config.model_source
         if isinstance(source, str):
             llm_config = llm_config.model_copy(deep=True)

@@ -6,6 +6,7 @@ A keys document (YAML or JSON):
       - name: team-a            # shows up in logs and metrics, never the key itself
         key: sk-...             # or `sha256: <hex digest of the key>` to keep plaintext out of the Secret
         models: [chat, embed]   # optional: the only models this key may call
+                                # `chat` allows chat's LoRA adapters too; `chat:adapter` only that adapter
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ class ApiKey:
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
+
+    def may_use_adapter(self, model: str, adapter: str) -> bool:
+        """A LoRA adapter (`<model>:<adapter>`): allowed by the model's own entry (an adapter is a
+        variant of the model the key was given) or by an entry naming that adapter."""
+        return self.may_use(model) or self.may_use(f"{model}:{adapter}")
 
 
 def digest(secret: str) -> bytes:

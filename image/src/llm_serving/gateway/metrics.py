@@ -19,6 +19,7 @@ from llm_serving.rag.endpoints import match_rag_endpoint
 
 ANONYMOUS = "anonymous"
 NO_MODEL = "none"
+NO_ADAPTER = "none"  # the `adapter` label of a request to a model itself
 CHAT_ROUTE = "/v1/chat/completions"
 COMPLETIONS_ROUTE = "/v1/completions"
 EMBEDDINGS_ROUTE = "/v1/embeddings"
@@ -47,6 +48,8 @@ class Exchange:
     model: str = NO_MODEL
     # The served model: the variant an alias resolved to, else the model itself (bounded: served models).
     variant: str = NO_MODEL
+    # The LoRA adapter of a `<model>:<adapter>` request (bounded: adapters that exist), `model` its base.
+    adapter: str = NO_ADAPTER
     api_key: str = ANONYMOUS
     status: int = 0  # 0: no response (a shadow copy that was dropped)
     shadow: bool = False  # a copy sent by the gateway itself (traffic.aliases.*.shadow), not a client's
@@ -150,9 +153,10 @@ class GatewayMetrics:
             "llm_serving_requests",
             description=(
                 "Requests answered by the gateway, by model (as requested: a model or an alias), variant "
-                "(the model that served it), API key name, route and status code."
+                "(the model that served it), LoRA adapter (none: the model itself), API key name, route and "
+                "status code."
             ),
-            tag_keys=("model", "variant", "api_key", "route", "status_code"),
+            tag_keys=("model", "variant", "adapter", "api_key", "route", "status_code"),
         )
         self.latency = metrics.Histogram(
             "llm_serving_request_latency_ms",
@@ -174,13 +178,13 @@ class GatewayMetrics:
         )
         self.prompt_tokens = metrics.Counter(
             "llm_serving_prompt_tokens",
-            description="Prompt tokens of answered requests, by model and API key name.",
-            tag_keys=("model", "api_key"),
+            description="Prompt tokens of answered requests, by model, LoRA adapter and API key name.",
+            tag_keys=("model", "adapter", "api_key"),
         )
         self.generated_tokens = metrics.Counter(
             "llm_serving_generated_tokens",
-            description="Generated tokens of answered requests, by model and API key name.",
-            tag_keys=("model", "api_key"),
+            description="Generated tokens of answered requests, by model, LoRA adapter and API key name.",
+            tag_keys=("model", "adapter", "api_key"),
         )
         self.shadow_requests = metrics.Counter(
             "llm_serving_shadow_requests",
@@ -207,7 +211,7 @@ class GatewayMetrics:
         )
 
     def record(self, exchange: Exchange) -> None:
-        model, variant, key = exchange.model, exchange.variant, exchange.api_key
+        model, variant, key, adapter = exchange.model, exchange.variant, exchange.api_key, exchange.adapter
         if exchange.shadow:  # kept apart: clients never saw these
             self.shadow_requests.inc(
                 tags={
@@ -225,6 +229,7 @@ class GatewayMetrics:
             tags={
                 "model": model,
                 "variant": variant,
+                "adapter": adapter,
                 "api_key": key,
                 "route": exchange.route,
                 "status_code": str(exchange.status),
@@ -236,6 +241,8 @@ class GatewayMetrics:
         for gap in exchange.inter_event_ms:
             self.inter_token_latency.observe(gap, tags={"model": model})
         if exchange.prompt_tokens:
-            self.prompt_tokens.inc(exchange.prompt_tokens, tags={"model": model, "api_key": key})
+            self.prompt_tokens.inc(exchange.prompt_tokens, tags={"model": model, "adapter": adapter, "api_key": key})
         if exchange.generated_tokens:
-            self.generated_tokens.inc(exchange.generated_tokens, tags={"model": model, "api_key": key})
+            self.generated_tokens.inc(
+                exchange.generated_tokens, tags={"model": model, "adapter": adapter, "api_key": key}
+            )

@@ -6,7 +6,8 @@
 
 Order of checks: health endpoints (no auth), auth (401), then the route's handler: size limit (413),
 JSON body and `model` (400), unknown model (404), key not allowed for the model (403), model not
-ready (503), the body's shape (400, see request_shapes.py), the key's limits (429). Handlers only
+ready (503), unknown LoRA adapter of `<model>:<adapter>` (404), the body's shape (400, see
+request_shapes.py), the key's limits (429). Handlers only
 prepare a request (or answer it themselves); forwarding, settling the limits and recording are
 common to all, and responses stream through.
 """
@@ -37,7 +38,7 @@ from llm_serving.gateway.asgi import (
 )
 from llm_serving.gateway.errors import GatewayError, openai_error_from_body, send_json
 from llm_serving.gateway.limits import Admission
-from llm_serving.gateway.metrics import ANONYMOUS, Exchange, route_label
+from llm_serving.gateway.metrics import ANONYMOUS, NO_ADAPTER, Exchange, route_label
 from llm_serving.gateway.request_shapes import check_request_shape
 from llm_serving.gateway.traffic import (
     TrafficControl,
@@ -51,6 +52,7 @@ from llm_serving.gateway.traffic import (
     with_aliases_listed,
     with_variant_header,
 )
+from llm_serving.lora import AdapterCatalog, split_adapter
 from llm_serving.rag.endpoints import RAG_PATH_PREFIX
 
 LIVENESS_PATH = "/healthz"
@@ -105,6 +107,7 @@ class GatewayMiddleware:
         readiness: Optional[ReadinessCheck] = None,
         record: Optional[Recorder] = None,
         traffic: Optional[TrafficControl] = None,
+        adapters: Optional[AdapterCatalog] = None,
     ):
         self.app = app
         self.model_names = sorted(model_names)
@@ -116,6 +119,8 @@ class GatewayMiddleware:
         self.record = record
         # Aliases, sticky variants and per-key limits; swapped whole on reconfigure.
         self.traffic = traffic
+        # LoRA models' adapters (`model: <model>:<adapter>`); None: no model has lora.
+        self.adapters = adapters
         self._shadows_in_flight: Set[asyncio.Task] = set()
         # Probes answer before auth and are not counted.
         self._probes = {LIVENESS_PATH: self._send_liveness, READINESS_PATH: self._send_readiness}
@@ -183,6 +188,7 @@ class GatewayMiddleware:
         variant = self._resolve_alias(traffic, payload, request.scope, request.api_key) if traffic else None
         exchange.variant = self._check_model(payload, request.api_key, via_alias=variant is not None)
         exchange.model = exchange.variant
+        exchange.adapter = await self._check_adapter(payload, exchange.model, request.api_key)
         check_request_shape(request.scope["path"], payload)  # 400 naming the field, never the engine's 500
         forwarded = body
         if variant is not None and traffic is not None:
@@ -319,6 +325,12 @@ class GatewayMiddleware:
             model = self.model_names[0]
         if not isinstance(model, str):
             raise GatewayError(400, "`model` must be a string.", code="invalid_type", param="model")
+        requested = model
+        base, adapter = split_adapter(model)
+        if adapter is not None and self.adapters is not None and self.adapters.has_adapters(base):
+            model = base  # `<model>:<adapter>`: the base must exist, be allowed and be ready
+        else:
+            adapter = None
         if model not in self.model_names:
             raise GatewayError(
                 404,
@@ -326,10 +338,11 @@ class GatewayMiddleware:
                 code="model_not_found",
                 param="model",
             )
-        if api_key is not None and not via_alias and not api_key.may_use(model):
+        if api_key is not None and not via_alias and not self._key_allows(api_key, model, adapter):
             raise GatewayError(
                 403,
-                f"This API key ({api_key.name}) may not use model `{model}`. Allowed models: {self._visible(api_key)}.",
+                f"This API key ({api_key.name}) may not use model `{requested}`. "
+                f"Allowed models: {self._visible(api_key)}.",
                 code="model_not_allowed",
                 param="model",
             )
@@ -342,8 +355,35 @@ class GatewayMiddleware:
             )
         return model
 
+    @staticmethod
+    def _key_allows(api_key: ApiKey, model: str, adapter: Optional[str]) -> bool:
+        return api_key.may_use_adapter(model, adapter) if adapter is not None else api_key.may_use(model)
+
+    async def _check_adapter(self, payload: Dict, base: str, api_key: Optional[ApiKey]) -> str:
+        """The adapter a `<model>:<adapter>` request names, once it exists (404 naming those that do);
+        NO_ADAPTER for a request to a model itself. Runs after _check_model (the base is known, allowed, ready)."""
+        requested = payload.get("model")
+        adapter = split_adapter(requested)[1] if isinstance(requested, str) else None
+        if adapter is None or self.adapters is None or not self.adapters.has_adapters(base):
+            return NO_ADAPTER
+        existing = await self.adapters.adapters(base)
+        if adapter not in existing:
+            visible = [a for a in existing if api_key is None or api_key.may_use_adapter(base, a)]
+            raise GatewayError(
+                404,
+                f"The adapter `{adapter}` of model `{base}` does not exist. Available adapters: "
+                + (", ".join(f"{base}:{a}" for a in visible) or ("(none for this key)" if existing else "none"))
+                + ".",
+                code="model_not_found",
+                param="model",
+            )
+        return adapter
+
     def _visible(self, api_key: Optional[ApiKey]) -> str:
         names = [n for n in self.model_names if api_key is None or api_key.may_use(n)]
+        if api_key is not None and api_key.allowed_models is not None:  # keys limited to adapters
+            adapters = (n for n in api_key.allowed_models if n not in names and split_adapter(n)[1] is not None)
+            names += sorted(n for n in adapters if split_adapter(n)[0] in self.model_names)
         return ", ".join(names) if names else "(none for this key)"
 
 
@@ -372,6 +412,7 @@ def build_gateway(
     readiness: Optional[ReadinessCheck] = None,
     record: Optional[Recorder] = None,
     traffic: Optional[TrafficControl] = None,
+    adapters: Optional[AdapterCatalog] = None,
 ) -> ASGIApp:
     gateway = GatewayMiddleware(
         app,
@@ -381,6 +422,7 @@ def build_gateway(
         readiness=readiness,
         record=record,
         traffic=traffic,
+        adapters=adapters,
     )
     return with_cors(gateway, config.cors_allow_origins)
 
