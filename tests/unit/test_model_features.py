@@ -107,7 +107,11 @@ def test_embedding_models_get_no_generation_settings_but_may_take_a_chat_templat
 
 
 def test_the_tiny_models_template_renders_an_agent_loops_turns():
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    weather = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}
+    tools = [
+        {"type": "function", "function": {"name": "get_weather", "parameters": weather}},
+        {"type": "function", "function": {"name": "get_time"}},
+    ]
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
     conversation = [
         {"role": "system", "content": "Be brief."},
@@ -122,8 +126,7 @@ def test_the_tiny_models_template_renders_an_agent_loops_turns():
     assert prompt == (
         "<|system|>\nBe brief.\n"
         'To call a tool, answer <tool_call>{"name": <name>, "arguments": <arguments>}</tool_call>.\n'
-        '<tools>\n{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}\n'
-        "</tools></s>\n"
+        "<tools>\nget_weather(city, days)\nget_time()\n</tools></s>\n"
         "<|user|>\nWeather in Oslo?</s>\n"
         '<|assistant|>\n<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call></s>\n'
         "<|tool|>\n<tool_response>12C and sunny</tool_response></s>\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 BUILTIN_SCHEME = "builtin://"
 
 # The tiny chat model is rebuilt only when this recipe changes; bump it with any change below.
-TINY_CHAT_RECIPE_VERSION = "v2"  # v2: the chat template renders tools
+TINY_CHAT_RECIPE_VERSION = "v3"  # v3: the chat template renders tools
 
 _TOKENIZER_CORPUS = [
     "Ray Serve runs the model and vLLM generates the tokens.",
@@ -37,7 +37,12 @@ _CHAT_TEMPLATE = (
     "<|system|>\n"
     "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n{% endif %}"
     'To call a tool, answer <tool_call>{"name": <name>, "arguments": <arguments>}</tool_call>.\n'
-    "<tools>\n{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}</tools></s>\n"
+    # Each tool as its signature, name(parameter, ...): the whole JSON schema would not fit the tiny
+    # model's window (its 512-token vocabulary spells JSON nearly a character a token), and guided
+    # decoding, not the prompt, is what keeps its arguments to the schema.
+    "<tools>\n{% for tool in tools %}{% set function = tool['function'] or tool %}"
+    "{{ function['name'] }}({{ (function['parameters'] or {}).get('properties', {}) | list | join(', ') }})\n"
+    "{% endfor %}</tools></s>\n"
     "{% endif %}"
     "{% for message in messages %}"
     "{% if tools and loop.first and message['role'] == 'system' %}"  # already in the tools turn
