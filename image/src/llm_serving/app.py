@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ray import serve
 from ray.serve.deployment import Application
@@ -26,6 +26,48 @@ from llm_serving.server import GatewayLLMServer
 WORKER_GROUP_BUNDLE_SHARE = 0.001
 
 
+# Structured output (response_format json_object / json_schema, named and required tool_choice) as
+# the app sets it unless engine_kwargs.structured_outputs_config replaces it. vLLM 0.32's "auto" picks
+# xgrammar 0.2.8, which (1) lets a string with maxLength/minLength hold raw control characters (its
+# length-bounded string rule is [^"\\\r\n], not JSON's, which also excludes \x00-\x1f), so json.loads
+# rejects the content, and (2) allows any run of whitespace between tokens, so a weak model spends
+# max_tokens on it. llguidance keeps to JSON's string grammar, and disable_any_whitespace makes the
+# output compact (vllm/config/structured_outputs.py allows it only with xgrammar or guidance).
+DEFAULT_STRUCTURED_OUTPUTS_CONFIG = {"backend": "guidance", "disable_any_whitespace": True}
+# vLLM 0.32 constrains tool calls with xgrammar structural tags when a parser has one (hermes,
+# llama3_json: vllm/tool_parsers/abstract_tool_parser.py, structural_tag_model), which llguidance
+# refuses ("Invalid grammar specification: 'triggers'"). With this variable at 0 a named or required
+# tool_choice is guided by the tools' JSON schemas instead (vLLM's path before structural tags), which
+# any backend takes; set only while the guidance default above is in effect.
+STRICT_TOOL_CALLING_OFF = {"VLLM_ENFORCE_STRICT_TOOL_CALLING": "0"}
+
+
+def model_feature_engine_kwargs(model: ModelConfig) -> Dict[str, Any]:
+    """Tool calling, chat template, reasoning and structured output as vLLM engine arguments. Ray
+    Serve LLM hands the keys that are vLLM FrontendArgs fields (tool calling, chat template) to the
+    OpenAI frontend and the rest to the engine (ray/llm/_internal/serve/engines/vllm/vllm_models.py)."""
+    kwargs: Dict[str, Any] = {}
+    if model.chat_template is not None:
+        kwargs["chat_template"] = model.chat_template
+    if model.task != "generate":
+        return kwargs
+    if model.tool_call_parser is not None:
+        kwargs["enable_auto_tool_choice"] = True
+        kwargs["tool_call_parser"] = model.tool_call_parser
+    if model.reasoning_parser is not None:
+        kwargs["reasoning_parser"] = model.reasoning_parser
+    if "structured_outputs_config" not in model.engine_kwargs:
+        kwargs["structured_outputs_config"] = dict(DEFAULT_STRUCTURED_OUTPUTS_CONFIG)
+    return kwargs
+
+
+def model_feature_runtime_env(model: ModelConfig) -> Optional[Dict[str, Any]]:
+    """The engine replica's environment that the structured-output default needs (see above)."""
+    if model.task == "generate" and "structured_outputs_config" not in model.engine_kwargs:
+        return {"env_vars": dict(STRICT_TOOL_CALLING_OFF)}
+    return None
+
+
 def to_llm_config(name: str, model: ModelConfig) -> LLMConfig:
     """One model of our config as Ray Serve LLM's LLMConfig."""
     engine_kwargs = dict(model.engine_kwargs)
@@ -36,6 +78,7 @@ def to_llm_config(name: str, model: ModelConfig) -> LLMConfig:
         engine_kwargs["revision"] = model.revision
     if model.task == "embed":
         engine_kwargs["runner"] = "pooling"
+    engine_kwargs.update(model_feature_engine_kwargs(model))
     lora_config = None
     if model.lora is not None:
         lora_config = lora_settings(model.lora)
@@ -80,6 +123,7 @@ def to_llm_config(name: str, model: ModelConfig) -> LLMConfig:
             "autoscaling_config": model.autoscaling.to_serve(),
         },
         experimental_configs={"stream_batching_interval_ms": model.stream_batching_interval_ms},
+        runtime_env=model_feature_runtime_env(model),
         server_cls=GatewayLLMServer,
         lora_config=lora_config,
         log_engine_metrics=True,

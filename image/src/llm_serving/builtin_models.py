@@ -15,7 +15,7 @@ from pathlib import Path
 BUILTIN_SCHEME = "builtin://"
 
 # The tiny chat model is rebuilt only when this recipe changes; bump it with any change below.
-TINY_CHAT_RECIPE_VERSION = "v1"
+TINY_CHAT_RECIPE_VERSION = "v3"  # v3: the chat template renders tools
 
 _TOKENIZER_CORPUS = [
     "Ray Serve runs the model and vLLM generates the tokens.",
@@ -27,10 +27,37 @@ _TOKENIZER_CORPUS = [
     "user assistant system: hello world, how are you today?",
 ]
 
-# A ChatML-style template: enough for vLLM's chat endpoint to render messages into a prompt.
+# A ChatML-style template that also renders tools, the assistant's tool calls and `tool` results in
+# the Hermes format (<tools>, <tool_call>, <tool_response>), so the model serves with vLLM's `hermes`
+# tool-call parser (vllm/tool_parsers/hermes_tool_parser.py, which needs no special tokens in the
+# vocabulary) and an agent loop's whole conversation reaches the model. vLLM hands the template a
+# call's arguments as an object (it parses the JSON string first), a client's raw template a string.
 _CHAT_TEMPLATE = (
+    "{% if tools %}"
+    "<|system|>\n"
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n{% endif %}"
+    'To call a tool, answer <tool_call>{"name": <name>, "arguments": <arguments>}</tool_call>.\n'
+    # Each tool as its signature, name(parameter, ...): the whole JSON schema would not fit the tiny
+    # model's window (its 512-token vocabulary spells JSON nearly a character a token), and guided
+    # decoding, not the prompt, is what keeps its arguments to the schema.
+    "<tools>\n{% for tool in tools %}{% set function = tool['function'] or tool %}"
+    "{{ function['name'] }}({{ (function['parameters'] or {}).get('properties', {}) | list | join(', ') }})\n"
+    "{% endfor %}</tools></s>\n"
+    "{% endif %}"
     "{% for message in messages %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"  # already in the tools turn
+    "{% elif message['role'] == 'assistant' and message['tool_calls'] %}"
+    "<|assistant|>\n{{ message['content'] or '' }}"
+    "{% for call in message['tool_calls'] %}"
+    "{% set arguments = call['function']['arguments'] %}"
+    '<tool_call>{"name": "{{ call[\'function\'][\'name\'] }}", "arguments": '
+    "{{ arguments if arguments is string else arguments | tojson }}}</tool_call>"
+    "{% endfor %}</s>\n"
+    "{% elif message['role'] == 'tool' %}"
+    "<|tool|>\n<tool_response>{{ message['content'] }}</tool_response></s>\n"
+    "{% else %}"
     "<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )

@@ -33,6 +33,31 @@ RayAcceleratorType = Literal[
 # fmt: on
 ACCELERATOR_TYPES = get_args(RayAcceleratorType)
 
+# Model features (tool calling, reasoning): the parser names vLLM 0.32 registers, copied in order
+# from its ToolParserManager (vllm/tool_parsers/__init__.py) and ReasoningParserManager
+# (vllm/reasoning/__init__.py), `list_registered()`, so that this module needs no vLLM and the chart's
+# schema rejects a typo; tests/unit/test_model_features.py fails when a copy and the installed vLLM differ.
+# fmt: off
+ToolCallParser = Literal[
+    "apertus", "cohere_command3", "cohere_command4", "deepseek_v3", "deepseek_v31", "deepseek_v32",
+    "deepseek_v4", "deepseek_v41", "dots", "ernie45", "functiongemma", "gemma4", "gigachat3", "glm45", "glm47",
+    "granite", "granite-20b-fc", "granite4", "hermes", "hf", "hunyuan_a13b", "hy_v3", "hy_v4", "inkling",
+    "internlm", "jamba", "k2_horizon", "kimi_k2", "kimi_k3", "lfm2", "ling3", "llama3_json", "llama4_json",
+    "llama4_pythonic", "longcat", "mimo", "minicpm5", "minimax_m2", "minimax_m3", "mistral", "muse_glimmer",
+    "olmo3", "openai", "phi4_mini_json", "plamo3", "poolside_v1", "pythonic", "qwen3_coder", "qwen3_json",
+    "qwen3_xml", "seed_oss", "step3", "step3p5", "xlam"
+]
+ReasoningParser = Literal[
+    "cohere_command3", "cohere_command4", "deepseek_r1", "deepseek_v3", "deepseek_v4", "deepseek_v41",
+    "ernie45", "gemma4", "glm45", "glm47", "granite", "granite_thinking_parser", "hf", "holo2", "hunyuan_a13b",
+    "hy_v3", "hy_v4", "inkling", "k2_horizon", "kimi_k2", "kimi_k3", "ling3", "mimo", "minicpmv", "minimax_m2",
+    "minimax_m2_append_think", "minimax_m3", "mistral", "muse_glimmer", "nemotron_v3", "olmo3", "openai_gptoss",
+    "plamo3", "poolside_v1", "qwen3", "seed_oss", "step3", "step3p5"
+]
+# fmt: on
+TOOL_CALL_PARSERS = get_args(ToolCallParser)
+REASONING_PARSERS = get_args(ReasoningParser)
+
 # The system instructions of a RAG chat unless `rag.instructions` says otherwise.
 DEFAULT_RAG_INSTRUCTIONS = (
     "Answer the user's question using the numbered sources below. Cite the sources you use as [1], [2]. "
@@ -63,6 +88,11 @@ ENGINE_KWARGS_OWNED_BY_APP = {
     "enable_lora": "lora",
     "max_lora_rank": "lora.max_rank",
     "max_loras": "lora.max_adapters_per_replica",
+    # Model features (tool calling, chat template, reasoning, structured output).
+    "enable_auto_tool_choice": "tool_call_parser",
+    "tool_call_parser": "tool_call_parser",
+    "chat_template": "chat_template",
+    "reasoning_parser": "reasoning_parser",
 }
 
 
@@ -214,6 +244,31 @@ class ModelConfig(StrictModel):
     lora: Optional[LoraConfig] = Field(
         None, description="LoRA adapters served on this model's replicas (`model: <model>:<adapter>`); off when absent."
     )
+    # Model features: what the engine's OpenAI frontend parses out of the model's text.
+    tool_call_parser: Optional[ToolCallParser] = Field(
+        None,
+        description=(
+            "Turns tool calling on (tool_choice auto, required or a named function) with the vLLM parser "
+            "for the model's tool-call format: llama3_json for Llama 3.1/3.3, hermes for Qwen2.5 and "
+            "Hermes-style templates. Unset: tool calling is off and requests with tools get 400 unless "
+            "tool_choice is none."
+        ),
+    )
+    chat_template: Optional[str] = Field(
+        None,
+        min_length=1,
+        description=(
+            "Jinja chat template replacing the model's own: the template text, or the path of a file on "
+            "the replica. A model that calls tools needs one that renders `tools` and `tool` messages."
+        ),
+    )
+    reasoning_parser: Optional[ReasoningParser] = Field(
+        None,
+        description=(
+            "vLLM parser that splits a reasoning model's thinking into `reasoning_content` (e.g. deepseek_r1, "
+            "qwen3); unset: the thinking stays in `content`."
+        ),
+    )
 
     @field_validator("engine_kwargs")
     @classmethod
@@ -238,6 +293,15 @@ class ModelConfig(StrictModel):
     def _lora_rules(self) -> ModelConfig:
         if self.lora is not None and self.task != "generate":
             raise ValueError("lora applies to task: generate; remove lora from this embed model")
+        return self
+
+    @model_validator(mode="after")
+    def _features_need_a_chat_model(self) -> ModelConfig:
+        if self.task == "embed":
+            # (chat_template applies to embeddings too: vLLM renders `messages` of /v1/embeddings with it)
+            for feature in ("tool_call_parser", "reasoning_parser"):
+                if getattr(self, feature) is not None:
+                    raise ValueError(f"{feature} applies to chat models; remove it or set task: generate")
         return self
 
 
