@@ -15,6 +15,7 @@ from llm_serving._ray import (
     to_model_metadata,
     with_ingress_request_router,
 )
+from llm_serving.batch.runner import BatchRunner
 from llm_serving.config import WORKER_GROUP_RESOURCE_PREFIX, AppConfig, ModelConfig, parse_app_config
 from llm_serving.ingress import GatewayIngress
 from llm_serving.rag.store import build_rag_store_deployment
@@ -84,6 +85,7 @@ def uses_direct_streaming(config: AppConfig) -> bool:
         config.gateway.direct_streaming
         and len(config.models) == 1
         and config.rag is None  # RAG lives in the gateway deployment
+        and config.batch is None  # so does the Batch API
         and RAY_SERVE_ENABLE_HA_PROXY  # as Ray itself read it when it was imported
     )
 
@@ -123,9 +125,35 @@ def build_app(args: Dict[str, Any]) -> Application:
             "rag": {"config": config.rag.model_dump(), "embedding_models": embedding_models},
             "rag_store": build_rag_store_deployment(config.rag),
         }
+    llm_deployments = {name: build_llm_deployment(c) for name, c in llm_configs.items()}
+    batch_kwargs = {}
+    if config.batch is not None:
+        batch_kwargs = {"batch": config.batch.model_dump(), "batch_runner": build_batch_runner(config, llm_deployments)}
     return serve.deployment(GatewayIngress, name=GATEWAY_DEPLOYMENT, **ingress_options).bind(
-        llm_deployments={name: build_llm_deployment(c) for name, c in llm_configs.items()},
+        llm_deployments=llm_deployments,
         model_cards={name: to_model_metadata(name, c) for name, c in llm_configs.items()},
         gateway=gateway,
         **rag_kwargs,
+        **batch_kwargs,
     )
+
+
+BATCH_RUNNER_DEPLOYMENT = "BatchRunner"
+
+
+def build_batch_runner(config: AppConfig, llm_deployments: Dict[str, Application]) -> Application:
+    """One BatchRunner replica beside the gateway, with the same engine deployments (Serve binds one
+    deployment once, so its rows reach the replicas online requests use). It asks no CPU: it waits
+    on Ray Data, whose own tasks and actor take the cluster's CPUs."""
+    assert config.batch is not None
+    models = {
+        name: {
+            "task": model.task,
+            "max_ongoing_requests": model.max_ongoing_requests,
+            "max_replicas": model.autoscaling.max_replicas,
+        }
+        for name, model in config.models.items()
+    }
+    return serve.deployment(
+        BatchRunner, name=BATCH_RUNNER_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0}
+    ).bind(config.batch.model_dump(), llm_deployments, models)
