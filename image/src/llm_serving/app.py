@@ -154,6 +154,14 @@ def build_batch_runner(config: AppConfig, llm_deployments: Dict[str, Application
         }
         for name, model in config.models.items()
     }
+    # Ray Data's workers inherit this runtime env. They create engine handles outside an event loop
+    # (ray/llm/_internal/batch/stages/serve_deployment_stage.py, in the actor's __init__), which a
+    # handle whose router shares the caller's loop refuses: RAY_SERVE_THROUGHPUT_OPTIMIZED (which
+    # `llm-serving serve` and the chart set) turns that sharing on (ray/serve/_private/constants.py).
+    runtime_env = {"env_vars": {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}}
     return serve.deployment(
-        BatchRunner, name=BATCH_RUNNER_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0}
+        BatchRunner,
+        name=BATCH_RUNNER_DEPLOYMENT,
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0, "runtime_env": runtime_env},
     ).bind(config.batch.model_dump(), llm_deployments, models)

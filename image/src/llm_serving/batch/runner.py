@@ -158,8 +158,11 @@ class BatchRunner:
         try:
             if batch_id not in self._cancelled:
                 self._run(batch, lines)
-        finally:
-            self._finalize(batch_id, lines)
+        except Exception as error:  # failed visibly, with the lines finished before the failure
+            logger.exception("batch %s failed while running", batch_id)
+            self._finalize(batch_id, lines, failure=f"The batch stopped with an error: {error}"[:1000])
+            return
+        self._finalize(batch_id, lines)
 
     def _models_for(self, endpoint: str) -> List[str]:
         task = "embed" if endpoint == "/v1/embeddings" else "generate"
@@ -283,15 +286,15 @@ class BatchRunner:
                 self._metrics.record(model, owner, result["response"]["body"].get("usage"))
             yield result
 
-    def _finalize(self, batch_id: str, lines: List[InputLine]) -> None:
+    def _finalize(self, batch_id: str, lines: List[InputLine], failure: Optional[str] = None) -> None:
         """Join the result chunks into the output and error files (in input order) and end the batch:
-        completed, or cancelled with the lines finished before the cancel."""
+        completed, cancelled or (with a `failure`) failed, with the lines finished before that."""
         with self._lock:
             batch = self.store.batch(batch_id)
             if batch["status"] in FINAL_STATUSES:
                 return
             cancelled = batch["status"] == "cancelling" or batch_id in self._cancelled
-            if not cancelled:
+            if not cancelled and failure is None:
                 set_status(batch, "finalizing")
                 self.store.put_batch(batch)
         results, _ = self.store.results(batch_id)
@@ -309,7 +312,11 @@ class BatchRunner:
                 "completed": len(succeeded),
                 "failed": len(failed),
             }
-            set_status(batch, "cancelled" if cancelled else "completed")
+            if failure is not None:
+                batch["errors"] = errors_list([error_item("batch_failed", failure)])
+                set_status(batch, "failed")
+            else:
+                set_status(batch, "cancelled" if cancelled else "completed")
             self.store.put_batch(batch)
             self._cancelled.discard(batch_id)
 
