@@ -56,6 +56,7 @@ def file_object(
         "expires_at": None,
         "status_details": None,
         "owner": owner,
+        "created_ns": time.time_ns(),
     }
 
 
@@ -93,11 +94,13 @@ def batch_object(
         "metadata": metadata,
         "owner": owner,
         "allowed_models": allowed_models,
+        "created_ns": time.time_ns(),
     }
 
 
-# Fields of ours kept in the stored records that clients never see.
-PRIVATE_FIELDS = ("owner", "allowed_models")
+# Fields of ours kept in the stored records that clients never see (`created_ns` orders objects
+# created within the same second, which OpenAI's created_at cannot).
+PRIVATE_FIELDS = ("owner", "allowed_models", "created_ns")
 
 
 def public(record: Dict[str, Any]) -> Dict[str, Any]:

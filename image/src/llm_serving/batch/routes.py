@@ -241,7 +241,7 @@ def _query(scope: Scope) -> Dict[str, str]:
 
 def _page(records: List[Dict[str, Any]], query: Dict[str, str]) -> Dict[str, Any]:
     """OpenAI's cursor pagination: newest first, `after` an id, `limit` 1..100."""
-    records = sorted(records, key=lambda r: (r["created_at"], r["id"]), reverse=True)
+    records = sorted(records, key=lambda r: (r["created_at"], r.get("created_ns", 0), r["id"]), reverse=True)
     after: Optional[str] = query.get("after")
     if after is not None:
         ids = [r["id"] for r in records]
