@@ -172,7 +172,9 @@ class GatewayMiddleware:
         payload = {}
         if request.scope["method"] == "POST" and is_json_request(request.scope):
             body = await read_body(request.scope, request.receive, self.max_request_bytes)
-            payload = parse_json_object(body)  # size limit and JSON errors as for every other route
+            # Size limit and JSON errors as for every other route; an empty body is no payload
+            # (POST /v1/batches/{id}/cancel has none, and the openai client sends none).
+            payload = parse_json_object(body) if body else {}
             request.receive = replay_body(body, request.receive)
         await self._admit(request, payload)  # no tokens reported here: the requests and concurrency limits
 
