@@ -50,7 +50,11 @@ def upload(client: openai.OpenAI, lines) -> str:
 def wait_until_done(client: openai.OpenAI, batch_id: str, timeout_s: float = BATCH_TIMEOUT_S):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        batch = client.batches.retrieve(batch_id)
+        try:
+            batch = client.batches.retrieve(batch_id)
+        except openai.APIConnectionError:  # a poll dropped by an overloaded machine's proxy: poll again
+            time.sleep(1)
+            continue
         if batch.status in ("completed", "failed", "cancelled", "expired"):
             return batch
         time.sleep(0.5)
