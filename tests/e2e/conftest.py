@@ -23,7 +23,7 @@ def gateway(tmp_path_factory):
     keys_file = work / "api-keys.yaml"
     keys_file.write_text(yaml.safe_dump(KEYS_DOCUMENT))
     config_file = work / "serve-config.yaml"
-    config_file.write_text(serve_config_rendered_by_the_chart(keys_file))
+    config_file.write_text(serve_config_rendered_by_the_chart(keys_file, batch_store=work / "batch-store"))
     app = start_app(
         config_file,
         work / "serve.log",

@@ -28,10 +28,13 @@ def dev_cpu_with_keys(keys_file) -> dict:
     return args
 
 
-def serve_config_rendered_by_the_chart(keys_file) -> str:
-    """The serveConfigV2 that `helm install -f values/dev-cpu.yaml` would hand to KubeRay."""
+def serve_config_rendered_by_the_chart(keys_file, batch_store=None) -> str:
+    """The serveConfigV2 that `helm install -f values/dev-cpu.yaml` would hand to KubeRay (with the
+    Batch API's store in `batch_store`, so test runs never share one)."""
     auth = {"mode": "api_key", "api_keys": {"file": str(keys_file)}}
-    objects = render_chart("llm-serving", values_files=[VALUES / "dev-cpu.yaml"],
-                           values={"app": {"gateway": {"auth": auth}}})
+    app = {"gateway": {"auth": auth}}
+    if batch_store is not None:
+        app["batch"] = {"store_uri": str(batch_store)}
+    objects = render_chart("llm-serving", values_files=[VALUES / "dev-cpu.yaml"], values={"app": app})
     (rayservice,) = [obj for obj in objects if obj["kind"] == "RayService"]
     return rayservice["spec"]["serveConfigV2"]

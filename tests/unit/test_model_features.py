@@ -150,8 +150,10 @@ PARSER_BY_SOURCE_PREFIX = {
 
 
 def profile_chat_models():
+    """The chat models of the serving profiles (`app:`; the batch profiles' `job:` runs no tools)."""
     for path in sorted(VALUES.glob("*.yaml")):
-        for name, model in yaml.safe_load(path.read_text())["app"]["models"].items():
+        profile = yaml.safe_load(path.read_text())
+        for name, model in profile.get("app", {}).get("models", {}).items():
             if model.get("task", "generate") == "generate":
                 yield pytest.param(model, id=f"{path.stem}:{name}")
 

@@ -15,6 +15,7 @@ from llm_serving._ray import (
     to_model_metadata,
     with_ingress_request_router,
 )
+from llm_serving.batch.runner import BatchRunner
 from llm_serving.config import WORKER_GROUP_RESOURCE_PREFIX, AppConfig, LoraConfig, ModelConfig, parse_app_config
 from llm_serving.ingress import GatewayIngress
 from llm_serving.rag.store import build_rag_store_deployment
@@ -160,6 +161,7 @@ def uses_direct_streaming(config: AppConfig) -> bool:
         # Adapters are checked and listed in the gateway deployment (and Ray's direct path needs
         # RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1 for them, core/ingress/builder.py).
         and all(model.lora is None for model in config.models.values())
+        and config.batch is None  # so does the Batch API
         and RAY_SERVE_ENABLE_HA_PROXY  # as Ray itself read it when it was imported
     )
 
@@ -199,10 +201,44 @@ def build_app(args: Dict[str, Any]) -> Application:
             "rag": {"config": config.rag.model_dump(), "embedding_models": embedding_models},
             "rag_store": build_rag_store_deployment(config.rag),
         }
+    llm_deployments = {name: llm_deployment(c, config.models[name]) for name, c in llm_configs.items()}
+    batch_kwargs = {}
+    if config.batch is not None:
+        batch_kwargs = {"batch": config.batch.model_dump(), "batch_runner": build_batch_runner(config, llm_deployments)}
     return serve.deployment(GatewayIngress, name=GATEWAY_DEPLOYMENT, **ingress_options).bind(
-        llm_deployments={name: llm_deployment(c, config.models[name]) for name, c in llm_configs.items()},
+        llm_deployments=llm_deployments,
         model_cards={name: to_model_metadata(name, c) for name, c in llm_configs.items()},
         gateway=gateway,
         adapter_sources={name: m.lora.source for name, m in config.models.items() if m.lora is not None},
         **rag_kwargs,
+        **batch_kwargs,
     )
+
+
+BATCH_RUNNER_DEPLOYMENT = "BatchRunner"
+
+
+def build_batch_runner(config: AppConfig, llm_deployments: Dict[str, Application]) -> Application:
+    """One BatchRunner replica beside the gateway, with the same engine deployments (Serve binds one
+    deployment once, so its rows reach the replicas online requests use). It asks no CPU: it waits
+    on Ray Data, whose own tasks and actor take the cluster's CPUs."""
+    assert config.batch is not None
+    models = {
+        name: {
+            "task": model.task,
+            "max_ongoing_requests": model.max_ongoing_requests,
+            "max_replicas": model.autoscaling.max_replicas,
+        }
+        for name, model in config.models.items()
+    }
+    # Ray Data's workers inherit this runtime env. They create engine handles outside an event loop
+    # (ray/llm/_internal/batch/stages/serve_deployment_stage.py, in the actor's __init__), which a
+    # handle whose router shares the caller's loop refuses: RAY_SERVE_THROUGHPUT_OPTIMIZED (which
+    # `llm-serving serve` and the chart set) turns that sharing on (ray/serve/_private/constants.py).
+    runtime_env = {"env_vars": {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}}
+    return serve.deployment(
+        BatchRunner,
+        name=BATCH_RUNNER_DEPLOYMENT,
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0, "runtime_env": runtime_env},
+    ).bind(config.batch.model_dump(), llm_deployments, models)

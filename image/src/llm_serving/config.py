@@ -428,12 +428,52 @@ class RagConfig(StrictModel):
         return self
 
 
+class BatchConfig(StrictModel):
+    """The OpenAI Batch API (/v1/files, /v1/batches), run by Ray Data on the app's own engines."""
+
+    store_uri: str = Field(
+        ...,
+        min_length=1,
+        description=(
+            "Where files and batch records live (pyarrow.fs): an absolute directory (on a cluster, a volume "
+            "every Ray pod mounts) or an object store prefix, e.g. s3://bucket/llm-batch or gs://bucket/llm-batch."
+        ),
+    )
+    max_file_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, description="Largest input file accepted by POST /v1/files; larger ones get 413."
+    )
+    max_lines: int = Field(50_000, ge=1, description="Most requests one batch input file may hold.")
+    engine_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description=(
+            "Share of each engine's max_ongoing_requests that batch rows may hold at once, so online "
+            "traffic keeps its latency (0.25: a quarter)."
+        ),
+    )
+    request_timeout_s: float = Field(
+        600, gt=0, description="Longest one batch request may take; a slower one fails that line only."
+    )
+
+    @field_validator("store_uri")
+    @classmethod
+    def _store_uri(cls, value: str) -> str:
+        if "://" in value:
+            if not value.startswith(("s3://", "gs://", "file://")):
+                raise ValueError(f"batch.store_uri {value!r}: use an absolute path, s3://bucket/prefix or gs://...")
+        elif not value.startswith("/"):
+            raise ValueError(f"batch.store_uri {value!r} is a relative path; use an absolute one, e.g. /data/batch")
+        return value
+
+
 class AppConfig(StrictModel):
     """Arguments of `llm_serving.app:build_app` (the RayService serveConfigV2 `args`)."""
 
     models: Dict[str, ModelConfig] = Field(..., min_length=1, description="Models keyed by their public name.")
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="Gateway settings.")
     rag: Optional[RagConfig] = Field(None, description="Retrieval-augmented generation; off when absent.")
+    batch: Optional[BatchConfig] = Field(None, description="The OpenAI Batch API; off when absent.")
 
     @model_validator(mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from llm_serving._ray import (
     set_asgi_app,
     with_engine_response_hook,
 )
+from llm_serving.batch.routes import batch_layer
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.metrics import GatewayMetrics
 from llm_serving.gateway.middleware import build_gateway, key_store_for
@@ -105,6 +106,8 @@ class _GatewayOpenAiIngress(with_engine_response_hook(OpenAiIngress)):  # type: 
         adapter_sources: Optional[Dict[str, str]] = None,
         rag: Optional[Dict[str, Any]] = None,
         rag_store: Optional[DeploymentHandle] = None,
+        batch: Optional[Dict[str, Any]] = None,
+        batch_runner: Optional[DeploymentHandle] = None,
     ):
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
         self._model_names = list(model_cards)
@@ -112,6 +115,7 @@ class _GatewayOpenAiIngress(with_engine_response_hook(OpenAiIngress)):  # type: 
         # which Ray's own lora_paths cannot hold (cloud prefixes only).
         self._adapters = AdapterCatalog(adapter_sources or {})
         self._rag, self._rag_store = rag, rag_store
+        self._batch, self._batch_runner = batch, batch_runner
         self._gateway_config = GatewayConfig.model_validate(gateway)
         self._key_store = key_store_for(self._gateway_config)
         self._readiness = ModelReadiness(llm_deployments)
@@ -193,6 +197,8 @@ class GatewayIngress(make_fastapi_ingress(_GatewayOpenAiIngress, app=_ingress_fa
         app: ASGIApp = StreamFailureLayer(asgi_app_of(self))
         if self._rag is not None:  # /v1/rag/... and `rag` on chat, inside the gateway's checks
             app = rag_layer(app, self._rag, default_handles(self), self._rag_store)
+        if self._batch is not None:  # /v1/files and /v1/batches, inside the gateway's checks
+            app = batch_layer(app, self._batch, self._batch_runner)
         set_asgi_app(
             self,
             build_gateway(

@@ -14,6 +14,7 @@ ERROR_TYPE_BY_STATUS = {
     403: "permission_error",
     404: "not_found_error",
     408: "invalid_request_error",
+    409: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable_error",

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from starlette.types import Message, Send
 
+from llm_serving.batch.endpoints import match_batch_endpoint
 from llm_serving.rag.endpoints import match_rag_endpoint
 
 ANONYMOUS = "anonymous"
@@ -30,13 +31,14 @@ LATENCY_BUCKETS_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 300
 
 
 def route_label(path: str) -> str:
-    """The route as a label value; RAG routes by their template (names in labels would be unbounded)."""
+    """The route as a label value; RAG and Batch routes by their template (names and ids in labels
+    would be unbounded)."""
     if path in KNOWN_ROUTES:
         return path
     if path.startswith("/v1/models/"):
         return "/v1/models"
-    rag = match_rag_endpoint(path)
-    return rag[0].template if rag is not None else "other"
+    matched = match_rag_endpoint(path) or match_batch_endpoint(path)
+    return matched[0].template if matched is not None else "other"
 
 
 @dataclass

@@ -23,6 +23,7 @@ from typing import Awaitable, Callable, Dict, List, Optional, Set, Tuple
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llm_serving.batch.endpoints import is_batch_path
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.api_keys import ApiKey, ApiKeyStore, bearer_token
 from llm_serving.gateway.asgi import (
@@ -157,8 +158,8 @@ class GatewayMiddleware:
     def _route(self, scope: Scope, traffic: Optional[TrafficState]) -> Optional[RouteHandler]:
         """The handler for a request; None: the app gets it as it came (after auth)."""
         method, path = scope["method"], scope["path"]
-        if path.startswith(RAG_PATH_PREFIX):
-            return self._handle_rag
+        if path.startswith(RAG_PATH_PREFIX) or is_batch_path(path):
+            return self._handle_object_api
         if method == "POST" and is_json_request(scope):
             return self._handle_inference
         if method == "GET" and traffic is not None and traffic.aliases:
@@ -168,15 +169,19 @@ class GatewayMiddleware:
                 return self._handle_alias_card
         return None
 
-    async def _handle_rag(self, request: _Request) -> None:
-        """The RAG API names collections, not models: auth and limits apply, the model checks do not
-        (the RAG layer checks the key against each collection's embedding model)."""
+    async def _handle_object_api(self, request: _Request) -> None:
+        """The RAG and Batch APIs name collections, files and batches, not models: auth and limits
+        apply, the model checks do not (the RAG layer checks the key against each collection's
+        embedding model; the Batch runner each line's model). A file upload (multipart) is not read
+        here: the Batch layer applies its own, larger, size limit."""
         payload = {}
         if request.scope["method"] == "POST" and is_json_request(request.scope):
             body = await read_body(request.scope, request.receive, self.max_request_bytes)
-            payload = parse_json_object(body)  # size limit and JSON errors as for every other route
+            # Size limit and JSON errors as for every other route; an empty body is no payload
+            # (POST /v1/batches/{id}/cancel has none, and the openai client sends none).
+            payload = parse_json_object(body) if body else {}
             request.receive = replay_body(body, request.receive)
-        await self._admit(request, payload)  # RAG reports no tokens: the requests and concurrency limits
+        await self._admit(request, payload)  # no tokens reported here: the requests and concurrency limits
 
     async def _handle_inference(self, request: _Request) -> None:
         """A POST naming a model (or an alias): the body is checked, `model` resolved, and the body the
