@@ -43,6 +43,11 @@ PRIVATE_NAMES: Dict[str, Tuple[str, Optional[str], str]] = {
         "RAY_SERVE_ENABLE_HA_PROXY",
         "whether Serve runs HAProxy, as Ray read it at import; no public getter",
     ),
+    "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": (
+        "ray.serve._private.constants",
+        "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY",
+        "whether HAProxy hands request bodies to the direct-streaming router (prefix routing needs them)",
+    ),
     "SetRequestIdMiddleware": (
         f"{_LLM}.core.ingress.middleware",
         "SetRequestIdMiddleware",

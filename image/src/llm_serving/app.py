@@ -10,6 +10,7 @@ from ray.serve.llm import LLMConfig, build_llm_deployment
 
 from llm_serving._ray import (
     RAY_SERVE_ENABLE_HA_PROXY,
+    RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY,
     build_direct_streaming_llm_deployment,
     build_openai_ingress_request_router,
     to_model_metadata,
@@ -115,14 +116,20 @@ def to_llm_config(name: str, model: ModelConfig) -> LLMConfig:
             },
         }
 
+    deployment_config: Dict[str, Any] = {
+        "max_ongoing_requests": model.max_ongoing_requests,
+        "max_queued_requests": model.max_queued_requests,
+        "autoscaling_config": model.autoscaling.to_serve(),
+    }
+    if model.request_router is not None:
+        # Serve gives every handle to this deployment the router (ray/serve/config.py,
+        # RequestRouterConfig): the gateway's handles, or the direct-streaming LLMRouter's.
+        deployment_config["request_router_config"] = model.request_router.to_serve()
+
     return LLMConfig(
         model_loading_config={"model_id": name, "model_source": model.source},
         engine_kwargs=engine_kwargs,
-        deployment_config={
-            "max_ongoing_requests": model.max_ongoing_requests,
-            "max_queued_requests": model.max_queued_requests,
-            "autoscaling_config": model.autoscaling.to_serve(),
-        },
+        deployment_config=deployment_config,
         experimental_configs={"stream_batching_interval_ms": model.stream_batching_interval_ms},
         runtime_env=model_feature_runtime_env(model),
         server_cls=GatewayLLMServer,
@@ -152,6 +159,19 @@ def llm_deployment(llm_config: LLMConfig, model: ModelConfig) -> Application:
     return build_llm_deployment(llm_config, bind_kwargs=bind_kwargs)
 
 
+def prefix_routing_needs_the_gateway(model: ModelConfig) -> bool:
+    """With direct streaming, HAProxy asks Ray's LLMRouter for a replica, and hands it the request
+    body only when Ray runs with RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1; without the body
+    the affinity router has no prompt and falls back to load balancing (ray/llm/_internal/serve/
+    core/ingress/router.py, LLMRouter.route). The gateway's handles always carry the prompt."""
+    router = model.request_router
+    return (
+        router is not None
+        and router.policy == "prefix_cache_affinity"
+        and not RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY
+    )
+
+
 def uses_direct_streaming(config: AppConfig) -> bool:
     """The engine replica can be the ingress only with one model and Ray's HAProxy in front."""
     return (
@@ -163,6 +183,7 @@ def uses_direct_streaming(config: AppConfig) -> bool:
         and all(model.lora is None for model in config.models.values())
         and config.batch is None  # so does the Batch API
         and RAY_SERVE_ENABLE_HA_PROXY  # as Ray itself read it when it was imported
+        and not any(prefix_routing_needs_the_gateway(model) for model in config.models.values())
     )
 
 

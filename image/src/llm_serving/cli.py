@@ -143,7 +143,7 @@ def _run_server(args: argparse.Namespace, path: Path, checked, run_directory: Pa
         _bind_haproxy_to(args.host, run_directory)
 
     from llm_serving._ray import init_local_ray
-    from llm_serving.app import uses_direct_streaming
+    from llm_serving.app import prefix_routing_needs_the_gateway, uses_direct_streaming
     from llm_serving.local_deploy import DeployFailed, DeploymentProgress, LocalDeployer
 
     # More logical CPUs than cores: each CPU engine holds a bundle, and the gateway and Serve's own
@@ -173,6 +173,17 @@ def _run_server(args: argparse.Namespace, path: Path, checked, run_directory: Pa
             if direct
             else "gateway deployment in front of the engines"
         )
+        (only_model,) = config.models.values() if len(config.models) == 1 else (None,)
+        if (
+            not direct
+            and config.gateway.direct_streaming
+            and only_model
+            and prefix_routing_needs_the_gateway(only_model)
+        ):
+            topology += (
+                ", as prefix_cache_affinity routing needs the prompt "
+                "(direct streaming's router gets it with RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1)"
+            )
         console.say(f"llm-serving: deploying {path} (models: {', '.join(config.models)}; {topology})")
         progress = DeploymentProgress(console.say, console.error, _deployment_label(config, direct), started)
         deployer = LocalDeployer()

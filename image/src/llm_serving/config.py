@@ -194,6 +194,105 @@ class LoraConfig(StrictModel):
         return self.source.startswith(REMOTE_ADAPTER_SCHEMES)
 
 
+# ---- Request routing (issue 16): which engine replica of a model takes each request. ----
+# Ray Serve LLM's public PrefixCacheAffinityRouter (ray/serve/llm/request_router.py), by import path
+# so that this module needs no Ray: Serve resolves a string itself (ray/serve/config.py,
+# RequestRouterConfig.request_router_class). power_of_two needs no path: it is the class Serve's
+# RequestRouterConfig defaults to (DEFAULT_REQUEST_ROUTER_PATH, PowerOfTwoChoicesRequestRouter).
+PREFIX_CACHE_AFFINITY_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+# Settings that only the prefix-cache affinity router reads (its initialize_state keywords).
+PREFIX_CACHE_AFFINITY_SETTINGS = (
+    "imbalanced_threshold",
+    "match_rate_threshold",
+    "eviction",
+)
+
+
+class PrefixTreeEvictionConfig(StrictModel):
+    """Trimming of the affinity router's prefix tree (the prompts it remembers per replica)."""
+
+    threshold_chars: int = Field(
+        400_000, ge=1, description="Characters held in the prefix tree that start an eviction."
+    )
+    target_chars: int = Field(360_000, ge=1, description="Characters an eviction trims the prefix tree down to.")
+    interval_s: int = Field(10, ge=1, description="Seconds between checks of the prefix tree's size.")
+
+    @model_validator(mode="after")
+    def _target_below_threshold(self) -> PrefixTreeEvictionConfig:
+        if self.target_chars > self.threshold_chars:
+            raise ValueError(
+                f"eviction.target_chars ({self.target_chars}) is greater than eviction.threshold_chars "
+                f"({self.threshold_chars}); lower target_chars"
+            )
+        return self
+
+
+class RequestRoutingConfig(StrictModel):
+    """How Ray Serve picks one of a model's engine replicas for each request."""
+
+    policy: Literal["power_of_two", "prefix_cache_affinity"] = Field(
+        ...,
+        description=(
+            "power_of_two: Serve's default, the less loaded of two random replicas. prefix_cache_affinity: "
+            "Ray Serve LLM's PrefixCacheAffinityRouter, which sends a prompt to the replica that served the "
+            "longest matching prefix (its vLLM prefix cache holds it) while the load is balanced."
+        ),
+    )
+    imbalanced_threshold: Optional[int] = Field(
+        None,
+        ge=0,
+        description=(
+            "prefix_cache_affinity: when the replicas' queue lengths differ by more than this, route by load "
+            "(power of two) instead of by prefix; empty: never (Ray's default), always route by prefix."
+        ),
+    )
+    match_rate_threshold: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description=(
+            "prefix_cache_affinity: the smallest share of a prompt's characters that must match a replica's "
+            "remembered prefix to follow it; below it the request goes to the replica that holds the least."
+        ),
+    )
+    eviction: Optional[PrefixTreeEvictionConfig] = Field(
+        None,
+        description=(
+            "prefix_cache_affinity: trim the router's prefix tree as it grows; empty: never trim (Ray's default)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _affinity_settings_need_affinity(self) -> RequestRoutingConfig:
+        if self.policy != "prefix_cache_affinity":
+            stray = [key for key in PREFIX_CACHE_AFFINITY_SETTINGS if key in self.model_fields_set]
+            if stray:
+                raise ValueError(
+                    f"{', '.join(stray)} only apply to policy: prefix_cache_affinity; remove them or set that policy"
+                )
+        return self
+
+    def to_serve(self) -> Dict[str, Any]:
+        """Serve's request_router_config (ray/serve/config.py, RequestRouterConfig)."""
+        config: Dict[str, Any] = {}  # Serve's defaults: power of two
+        if self.policy == "prefix_cache_affinity":
+            config["request_router_class"] = PREFIX_CACHE_AFFINITY_ROUTER
+            # The keywords of PrefixCacheAffinityRouter.initialize_state (ray/llm/_internal/serve/
+            # routing_policies/prefix_aware/prefix_aware_router.py); float("inf") is its "never".
+            kwargs: Dict[str, Any] = {"match_rate_threshold": self.match_rate_threshold}
+            if self.imbalanced_threshold is not None:
+                kwargs["imbalanced_threshold"] = self.imbalanced_threshold
+            if self.eviction is not None:
+                kwargs.update(
+                    do_eviction=True,
+                    eviction_threshold_chars=self.eviction.threshold_chars,
+                    eviction_target_chars=self.eviction.target_chars,
+                    eviction_interval_secs=self.eviction.interval_s,
+                )
+            config["request_router_kwargs"] = kwargs
+        return config
+
+
 class ModelConfig(StrictModel):
     """One model served behind the gateway; the key under `models` is its public name."""
 
@@ -269,6 +368,14 @@ class ModelConfig(StrictModel):
             "qwen3); unset: the thinking stays in `content`."
         ),
     )
+    request_router: Optional[RequestRoutingConfig] = Field(
+        None,
+        description=(
+            "Which engine replica takes each request; empty: Ray's default (power of two behind the gateway, "
+            "round robin with direct streaming). prefix_cache_affinity with direct streaming needs Ray "
+            "started with RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1, otherwise the gateway path is used."
+        ),
+    )
 
     @field_validator("engine_kwargs")
     @classmethod
@@ -302,6 +409,18 @@ class ModelConfig(StrictModel):
             for feature in ("tool_call_parser", "reasoning_parser"):
                 if getattr(self, feature) is not None:
                     raise ValueError(f"{feature} applies to chat models; remove it or set task: generate")
+        return self
+
+    @model_validator(mode="after")
+    def _prefix_routing_needs_prompts(self) -> ModelConfig:
+        # The affinity router reads `messages` or `prompt` off every request and raises on others,
+        # such as an embedding request's `input` (prefix_aware_router.py, _extract_text_from_request).
+        if self.request_router is not None and self.request_router.policy == "prefix_cache_affinity":
+            if self.task != "generate":
+                raise ValueError(
+                    "request_router.policy prefix_cache_affinity routes chat and completion prompts; "
+                    "use it with task: generate, or remove request_router"
+                )
         return self
 
 
