@@ -15,6 +15,7 @@ from llm_serving.batch_job import (
 )
 from llm_serving.config import ConfigError
 from llm_serving.config_files import ConfigFileError
+from llm_serving.engine_args import engine_kwargs
 
 JOB = {
     "model": {"source": "builtin://tiny-chat", "device": "cpu", "max_model_len": 512},
@@ -42,6 +43,15 @@ class TestConfig:
             ({"model": {"source": "m", "task": "embed"}}, "model.task must be generate"),
             ({"model": {"source": "m", "engine_kwargs": {"max_model_len": 9}}}, "engine_kwargs.max_model_len is set by the app"),
             ({"engine_replicas": 0}, "job.engine_replicas: Input should be greater than or equal to 1"),
+            (
+                {"model": {"source": "m", "lora": {"source": "s3://bucket/adapters"}}},
+                "model.lora applies to the serving app (charts/llm-serving), not to a batch job; remove it",
+            ),
+            (
+                {"model": {"source": "m", "request_router": {"policy": "prefix_cache_affinity"}}},
+                "model.request_router applies to the serving app",
+            ),
+            ({"model": {"source": "m", "tool_call_parser": "hermes"}}, "model.tool_call_parser applies to the serving app"),
         ],
     )
     def test_refusals_name_the_key_and_the_fix(self, changes, message):
@@ -66,7 +76,13 @@ class TestEngineSettings:
     def test_cpu_engine_asks_for_a_cpu_bundle_only(self):
         settings = engine_settings(job().model)
         assert settings["placement_group_config"] == {"bundles": [{"CPU": 1}]}
-        assert settings["engine_kwargs"] == {"tensor_parallel_size": 1, "max_model_len": 512}
+        assert settings["engine_kwargs"] == engine_kwargs(job().model)  # the serving app's, one source
+        assert settings["engine_kwargs"]["tensor_parallel_size"] == 1
+        assert settings["engine_kwargs"]["max_model_len"] == 512
+
+    def test_a_chat_template_reaches_the_engine_as_in_serving(self):
+        model = {"source": "m", "device": "cpu", "chat_template": "{{ messages[0].content }}"}
+        assert engine_settings(job(model=model).model)["engine_kwargs"]["chat_template"] == "{{ messages[0].content }}"
 
     def test_gpu_engine_one_bundle_per_rank_tied_to_its_group(self):
         model = {"source": "m", "tensor_parallel_size": 2, "worker_group": "l40s", "accelerator_type": "L40S"}

@@ -8,7 +8,8 @@ import pytest
 import yaml
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from llm_serving.app import DEFAULT_STRUCTURED_OUTPUTS_CONFIG, STRICT_TOOL_CALLING_OFF, to_llm_config
+from llm_serving.app import to_llm_config
+from llm_serving.engine_args import DEFAULT_STRUCTURED_OUTPUTS_CONFIG, STRICT_TOOL_CALLING_OFF
 from llm_serving.builtin_models import _CHAT_TEMPLATE as TINY_CHAT_TEMPLATE
 from llm_serving.config import REASONING_PARSERS, TOOL_CALL_PARSERS, ConfigError, parse_app_config
 

