@@ -227,6 +227,17 @@ class TestValidateTemplate:
             merged(GPU_VALUES, {"modelCache": {"type": "pvc", "pvc": {"existingClaim": "c", "create": True}}})
         )
 
+    def test_a_local_batch_store_needs_one_pod_or_the_shared_cache_volume(self):
+        batch = {"app": {"batch": {"store_uri": "/tmp/llm-serving/batch"}}}
+        # GPU_VALUES: up to 2 worker pods, so the gateway and the BatchRunner may not share a disk.
+        message = helm_error(merged(GPU_VALUES, batch))
+        assert 'app.batch.store_uri "/tmp/llm-serving/batch" is a directory of one pod' in message
+        assert "may run on 2 pods" in message and "e.g. /models/batch" in message
+        shared_cache = {"modelCache": {"type": "pvc", "pvc": {"create": True}}}
+        render_chart(merged(GPU_VALUES, merged(shared_cache, {"app": {"batch": {"store_uri": "/models/batch"}}})))
+        render_chart(merged(GPU_VALUES, {"app": {"batch": {"store_uri": "s3://bucket/llm-batch"}}}))
+        render_chart(merged(CPU_VALUES, batch))  # one worker pod, the head takes no replicas: one disk
+
     def test_ingress_needs_hosts(self):
         assert "ingress.hosts is empty" in helm_error(merged(GPU_VALUES, {"ingress": {"enabled": True}}))
 
