@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from llm_serving.config import (
@@ -154,14 +153,9 @@ def parse_batch_job_config(document: Dict[str, Any]) -> BatchJobConfig:
 def load_batch_job_config(path: Path) -> BatchJobConfig:
     """A values profile of charts/llm-batch (its `job:` block) or the bare job config the chart
     renders into its ConfigMap."""
-    from llm_serving.config_files import ConfigFileError
+    from llm_serving.config_files import ConfigFileError, read_yaml
 
-    try:
-        document = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigFileError(f"cannot read {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ConfigFileError(f"{path} is not valid YAML: {error}") from None
+    document = read_yaml(path)
     if not isinstance(document, dict):
         raise ConfigFileError(f"{path}: expected a YAML mapping (a values profile with `job:`, or a job config)")
     if "job" in document:

@@ -53,14 +53,18 @@ def application_from_document(document: Any, source: str) -> Dict[str, Any]:
     )
 
 
-def load_application(path: Path) -> Dict[str, Any]:
+def read_yaml(path: Path) -> Any:
+    """A YAML file's document, or ConfigFileError saying why it could not be read."""
     try:
-        document = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as error:
         raise ConfigFileError(f"cannot read {path}: {error.strerror}") from None
     except yaml.YAMLError as error:
         raise ConfigFileError(f"{path} is not valid YAML: {error}") from None
-    return application_from_document(document, str(path))
+
+
+def load_application(path: Path) -> Dict[str, Any]:
+    return application_from_document(read_yaml(path), str(path))
 
 
 def find_default_profile() -> Optional[Path]:

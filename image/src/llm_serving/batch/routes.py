@@ -55,13 +55,7 @@ class BatchRoutes:
             return
         endpoint, names = matched
         try:
-            operation = endpoint.operations.get(scope["method"])
-            if operation is None:
-                raise GatewayError(
-                    405,
-                    f"{scope['method']} is not allowed here; use {', '.join(endpoint.operations)}.",
-                    code="method_not_allowed",
-                )
+            operation = endpoint.operation(scope["method"])
             status, body, content_type = await getattr(self, f"_{operation}")(scope, receive, **names)
         except GatewayError as error:
             await error.send(send)

@@ -81,13 +81,7 @@ class RagRoutes:
         if matched is None:
             raise GatewayError(404, f"No RAG endpoint at {scope['path']}; see /v1/rag/collections.", code="not_found")
         endpoint, names = matched
-        operation = endpoint.operations.get(scope["method"])
-        if operation is None:
-            raise GatewayError(
-                405,
-                f"{scope['method']} is not allowed here; use {', '.join(endpoint.operations)}.",
-                code="method_not_allowed",
-            )
+        operation = endpoint.operation(scope["method"])
         payload = parse_json_object(await read_body(scope, receive)) if scope["method"] == "POST" else None
         status, result = await self._handlers[operation](scope, payload, **names)
         await send_json(send, status, json.dumps(result).encode())
