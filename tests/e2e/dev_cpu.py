@@ -22,9 +22,11 @@ KEYS_DOCUMENT = {
 
 
 def dev_cpu_with_keys(keys_file) -> dict:
-    """The profile's `app:` block (args and traffic), with API keys from `keys_file`."""
+    """The profile's `app:` block (args and traffic), with API keys from `keys_file` and the Batch
+    API's store beside it (test instances never share the profile's store or resume its batches)."""
     args = yaml.safe_load((REPO / "values" / "dev-cpu.yaml").read_text())["app"]
     args["gateway"]["auth"] = {"mode": "api_key", "api_keys": {"file": str(keys_file)}}
+    args["batch"]["store_uri"] = str(keys_file.parent / "batch-store")
     return args
 
 

@@ -24,6 +24,7 @@ def direct(tmp_path_factory):
     keys_file.write_text(yaml.safe_dump(KEYS_DOCUMENT))
     args = dev_cpu_with_keys(keys_file)
     args["models"] = {CHAT_MODEL: args["models"][CHAT_MODEL]}
+    del args["batch"]  # the Batch API lives in the gateway deployment, so dev-cpu's would turn the fast path off
     config_file = work / "app.yaml"
     config_file.write_text(yaml.safe_dump(args))
     app = start_app(config_file, work / "serve.log")
