@@ -9,7 +9,7 @@ Starts `llm-serving serve` on values/dev-cpu.yaml (which enables the Batch API) 
   - online during a batch: the same online load while a larger batch runs, and the TTFT p50 ratio
     (with / without), the number batch.engine_share is there to keep small.
 Run by hand (make bench does not run it: it takes a few minutes):
-  .venv/bin/python benchmarks/batch.py [--online 80] [--concurrency 4] [--rows 400]
+  .venv/bin/python benchmarks/batch.py [--online 80] [--concurrency 4] [--rows 400] [--engine-share 0.25]
 """
 
 from __future__ import annotations
@@ -135,6 +135,9 @@ def main() -> int:
     parser.add_argument("--online", type=int, default=80, help="online requests per measurement")
     parser.add_argument("--concurrency", type=int, default=4, help="online requests in flight")
     parser.add_argument("--rows", type=int, default=400, help="rows of the measured batch")
+    parser.add_argument(
+        "--engine-share", type=float, help="batch.engine_share of the started app (default: dev-cpu's)"
+    )
     args = parser.parse_args()
     if args.url:
         run(args.url, args)
@@ -146,9 +149,12 @@ def main() -> int:
         app_args = copy.deepcopy(yaml.safe_load((REPO / "values" / "dev-cpu.yaml").read_text())["app"])
         app_args["gateway"]["auth"] = {"mode": "api_key", "api_keys": {"file": str(keys)}}
         app_args["batch"]["store_uri"] = str(work_dir / "batch-store")
+        if args.engine_share is not None:
+            app_args["batch"]["engine_share"] = args.engine_share
         config = work_dir / "app.yaml"
         config.write_text(yaml.safe_dump(app_args))
-        print("starting llm-serving (dev-cpu with the Batch API) ...", flush=True)
+        share = app_args["batch"]["engine_share"]
+        print(f"starting llm-serving (dev-cpu with the Batch API, engine_share {share}) ...", flush=True)
         app = start_app(config, work_dir / "serve.log")
         try:
             run(app.base_url, args)
