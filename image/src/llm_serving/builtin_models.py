@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 BUILTIN_SCHEME = "builtin://"
 
@@ -119,24 +120,29 @@ def _build_tiny_chat(target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
-def tiny_chat_path() -> Path:
-    """The tiny chat model's directory, made on first use (atomically, so replicas can race)."""
-    target = cache_dir() / "models" / f"tiny-chat-{TINY_CHAT_RECIPE_VERSION}"
-    if (target / "config.json").exists():
+def _made_once(target: Path, is_complete: Callable[[Path], bool], build: Callable[[Path], object]) -> Path:
+    """`target`, built by `build` on first use into a staging folder that is then renamed into place
+    (atomically, so replicas can race: a loser's copy is identical, everything here is seeded)."""
+    if is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-chat-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        _build_tiny_chat(staging)
+        build(staging)
         try:
             staging.rename(target)
         except OSError:
-            # Another process finished first; its copy is identical (seeded).
-            if not (target / "config.json").exists():
+            if not is_complete(target):  # not another process finishing first
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def tiny_chat_path() -> Path:
+    """The tiny chat model's directory, made on first use."""
+    target = cache_dir() / "models" / f"tiny-chat-{TINY_CHAT_RECIPE_VERSION}"
+    return _made_once(target, lambda path: (path / "config.json").exists(), _build_tiny_chat)
 
 
 def minilm_path() -> Path:
@@ -213,22 +219,13 @@ def write_tiny_chat_adapters(directory: Path) -> Path:
 
 
 def tiny_chat_adapters_path() -> Path:
-    """A folder of the tiny chat model's adapters, made on first use (atomically, as the model)."""
+    """A folder of the tiny chat model's adapters, made on first use (as the model)."""
     target = cache_dir() / "adapters" / f"tiny-chat-{TINY_CHAT_ADAPTERS_RECIPE_VERSION}"
-    if all((target / name / "adapter_config.json").exists() for name in TINY_CHAT_ADAPTERS):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-chat-adapters-", dir=target.parent))
-    try:
-        write_tiny_chat_adapters(staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / next(iter(TINY_CHAT_ADAPTERS)) / "adapter_config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return _made_once(
+        target,
+        lambda path: all((path / name / "adapter_config.json").exists() for name in TINY_CHAT_ADAPTERS),
+        write_tiny_chat_adapters,
+    )
 
 
 BUILTIN_MODELS = {
