@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import io
 import json
 import statistics
@@ -32,6 +31,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from tests.e2e.dev_cpu import dev_cpu_with_keys  # noqa: E402
 from tests.e2e.servers import start_app  # noqa: E402
 
 API_KEY = "sk-benchmark-batch-0123456789"
@@ -146,9 +146,7 @@ def main() -> int:
         work_dir = Path(work)
         keys = work_dir / "keys.yaml"
         keys.write_text(yaml.safe_dump({"keys": [{"name": "bench", "key": API_KEY}]}))
-        app_args = copy.deepcopy(yaml.safe_load((REPO / "values" / "dev-cpu.yaml").read_text())["app"])
-        app_args["gateway"]["auth"] = {"mode": "api_key", "api_keys": {"file": str(keys)}}
-        app_args["batch"]["store_uri"] = str(work_dir / "batch-store")
+        app_args = dev_cpu_with_keys(keys)  # its Batch API store beside the keys file, in work_dir
         if args.engine_share is not None:
             app_args["batch"]["engine_share"] = args.engine_share
         config = work_dir / "app.yaml"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import random
 import statistics
 import sys
@@ -27,6 +26,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from tests.e2e.dev_cpu import dev_cpu_with_keys  # noqa: E402
 from tests.e2e.rag_corpus import DOCUMENTS, QUESTIONS  # noqa: E402
 from tests.e2e.servers import start_app  # noqa: E402
 
@@ -128,8 +128,7 @@ def main() -> int:
         work = Path(work)
         keys = work / "keys.yaml"
         keys.write_text(yaml.safe_dump({"keys": [{"name": "bench", "key": API_KEY}]}))
-        app_args = copy.deepcopy(yaml.safe_load((REPO / "values" / "dev-cpu.yaml").read_text())["app"])
-        app_args["gateway"]["auth"] = {"mode": "api_key", "api_keys": {"file": str(keys)}}
+        app_args = dev_cpu_with_keys(keys)  # its Batch API store too is in this run's folder
         # tiny-chat has a 512-token window; all-MiniLM-L6-v2 reads 256 tokens (about 800 characters).
         app_args["rag"] = {"store": {"uri": str(work / "milvus.db")}, "max_context_chars": 300}
         config = work / "app.yaml"
