@@ -321,19 +321,27 @@ def test_tokens_limit_counts_what_the_engine_reported(canary):
 def test_concurrency_limit_refuses_a_second_request_in_flight(canary):
     client = canary.client(SERIAL_KEY)
     # create() returns once the response headers arrive: the request was admitted (its slot taken)
-    # and its 480 tokens are still being generated. Not after reading the first chunk: on this
-    # machine a stream sometimes arrives in one piece at its end (issue 17), the slot already free.
-    stream = client.chat.completions.create(model="chat-v1", messages=HI, max_tokens=480, stream=True,
-                                            extra_body={"ignore_eos": True})
-    with pytest.raises(openai.RateLimitError) as refused:
-        client.chat.completions.create(model="chat-v1", messages=HI, max_tokens=1)
-    assert refused.value.body["param"] == "concurrent"
-    assert refused.value.response.headers["retry-after"] == "1"
-    for _ in stream:
-        pass
+    # and its 480 tokens are normally still being generated. In this machine's slow mode a stream,
+    # headers included, can arrive in one piece at its end (issue 17; CI saw it once), the slot
+    # already free: so up to three tries, and the limit must refuse the second request in one.
+    refused = None
+    for _ in range(3):
+        stream = client.chat.completions.create(model="chat-v1", messages=HI, max_tokens=480, stream=True,
+                                                extra_body={"ignore_eos": True})
+        try:
+            client.chat.completions.create(model="chat-v1", messages=HI, max_tokens=1)
+        except openai.RateLimitError as error:
+            refused = error
+        for _ in stream:
+            pass
+        if refused is not None:
+            break
+    assert refused is not None, "three requests were admitted while another of the key's 1 slot was streaming"
+    assert refused.body["param"] == "concurrent"
+    assert refused.response.headers["retry-after"] == "1"
     # The gateway frees the slot just after the last byte left it, so the client may read the end
     # a moment earlier: retry after the Retry-After it was given, as a client should.
-    time.sleep(int(refused.value.response.headers["retry-after"]))
+    time.sleep(int(refused.response.headers["retry-after"]))
     assert client.chat.completions.create(model="chat-v1", messages=HI, max_tokens=1).choices
 
 
