@@ -2,7 +2,7 @@
 #   make serve   serve values/dev-cpu.yaml locally on the CPU (CONFIG=path to serve another file)
 #   make test    run the whole test suite
 # Also: make batch INPUT=requests.jsonl OUTPUT=results/ (an offline batch job on the CPU, values/batch-offline-cpu.yaml),
-# Also: make lint (ruff and mypy on image/src), make bench (benchmarks that print ratios),
+# Also: make lint (ruff and mypy on image/src), make bench (the serving benchmark: ratios with intervals),
 #   make cluster-fit (the EKS fit simulation's tables),
 #   make faults (the whole fault battery on the real app; prints its table),
 #   make lock (re-freeze dependencies),
@@ -57,8 +57,10 @@ cluster-fit: $(STAMP)
 faults: $(STAMP)
 	@export PATH="$(CURDIR)/.tools/bin:$$PATH"; $(VENV)/bin/python -m tests.faults
 
+# benchmarks/serving_overhead.py: C, B, A1, A2, A3 and A1 again in interleaved rounds, ratios with
+# 95% intervals (~25 min on an idle 2-core machine); BENCH_ARGS="--rounds 5 --servers A1,A2" and so on.
 bench: $(STAMP)
-	$(VENV)/bin/python benchmarks/serving_overhead.py
+	$(VENV)/bin/python benchmarks/serving_overhead.py $(BENCH_ARGS)
 
 lock:
 	ci/lock.sh

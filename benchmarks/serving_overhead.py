@@ -1,19 +1,25 @@
-"""What the gateway costs: our app against plain Ray Serve LLM and vLLM's own server, one run.
+"""What the gateway costs, with intervals that hold on a noisy 2-core machine (issue 17, part 1).
 
-Each server serves the same tiny model (builtin://tiny-chat) on the CPU and gets the same load:
-streaming chat completions of exactly 16 tokens at concurrency 1, 8 and 32. The servers of a phase
-take turns (A B C A B C ...; one runs at a time: on two cores an idle Ray cluster beside the measured
-one skews it) and each ratio is the median of the per-cycle ratios, so a drift in the machine's speed
-hits all servers alike. It prints requests/s, time to first token and inter-token latency (p50/p99)
-per server, then the ratios, where
-  A   = our app, one model, fast path (direct streaming; gateway inside the engine replica; API key on)
-  A'  = our app, one model, through the gateway deployment (gateway.direct_streaming: false; API key on)
-  B   = plain ray.serve.llm.build_openai_app, tuned as our app is: the fast-path settings and no
-        stream batching (what is left between A and B is our gateway)
-  B0  = plain build_openai_app with Ray's defaults (50 ms stream batching, no HAProxy)
-  C   = vLLM's own OpenAI server
-Phase 1 runs A, B and C; phase 2 runs A', B and B0. Run it with `make bench` (about 45 minutes on
-two cores with the default 3 cycles). Absolute numbers depend on the machine; read the ratios.
+Servers, each serving the tiny model builtin://tiny-chat on the CPU (API key on for ours):
+  C    vLLM's own OpenAI server
+  B    plain ray.serve.llm.build_openai_app with the fast-path flags and no stream batching
+  A1   our app, one model, direct streaming (the gateway inside the engine replica)
+  A2   our app, chat + embedding model (two engines; the gateway deployment in front)
+  A3   our app, one model, `gateway.direct_streaming: false` (the hop through the gateway deployment)
+  A1'  a second start of A1: a server must agree with itself within the interval
+
+All servers are started once, then frozen (SIGSTOP to every process of the server's tree). Rounds of
+short trials follow; in a round each server in turn is thawed (SIGCONT), warmed on every measured
+path, measured and frozen again, so exactly one server is ever busy (an idle Ray cluster beside the
+measured one costs it a share of two cores) and no server is restarted between trials (a start takes
+1-2 min). The order is rotated each round. A trial at concurrency c is a fixed number of
+non-streamed requests (req/s, p50 latency) and of streamed ones (TTFT p50, gap between chunks p50).
+Ratios are taken per round (both trials minutes apart at most) and summarised as the median over the
+rounds with a distribution-free 95% confidence interval of the median (order statistics of the
+binomial; see benchmarks/trial_stats.py). Slow-mode trials are counted per server.
+
+Run it with `make bench` (about 25 minutes on an idle 2-core machine with the defaults); --help for
+rounds, servers, concurrency and pinning.
 """
 
 from __future__ import annotations
@@ -21,22 +27,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import httpx
+import psutil
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks.trial_stats import (  # noqa: E402
+    SLOW_MODE_DEFINITION,
+    StreamedRequest,
+    Trial,
+    median_interval,
+    paired_differences,
+    paired_ratios,
+    ratio_pairs,
+    round_order,
+    slow_trials,
+)
+from tests.e2e.servers import free_port, per_instance_ports  # noqa: E402
+
 BIN = Path(sys.executable).parent
 API_KEY = "sk-benchmark-0123456789abcdef"
 FAST_PATH = {
@@ -44,234 +64,489 @@ FAST_PATH = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
 }
-RAY_DEFAULTS = {key: "0" for key in FAST_PATH}
 TOKENS = 16
 PROMPT = [{"role": "user", "content": "Tell me about Ray Serve and vLLM."}]
+ALL_SERVERS = ["C", "B", "A1", "A2", "A3", "A1'"]
+# Two phases: all six side by side would hold ~28 GiB (A1 ~5 GiB, A2 ~6 GiB, C ~2.6 GiB, frozen or not).
+# A1 is in both, the reference of every ratio but B/C; the twin A1' checks A1 within one phase.
+DEFAULT_PHASES = "C,B,A1,A1';A1,A2,A3"
+MIN_AVAILABLE_GIB = 4.0
+RAY_NUM_CPUS = {"B": 8, "A1": 8, "A1'": 8, "A3": 8, "A2": 8}  # logical CPUs, passed explicitly below
 
 
-@dataclass
-class LoadResult:
-    requests_per_s: float
-    ttft_ms: List[float]
-    itl_ms: List[float]
-    errors: int
+def chat_body(stream: bool) -> dict:
+    return {"model": "tiny-chat", "messages": PROMPT, "max_tokens": TOKENS, "ignore_eos": True,
+            "temperature": 0, "stream": stream}
 
 
-def percentile(values: List[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+# ---------------------------------------------------------------- load
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-async def one_request(client: httpx.AsyncClient, url: str, ttft: List[float], itl: List[float]) -> bool:
-    body = {"model": "tiny-chat", "messages": PROMPT, "max_tokens": TOKENS, "ignore_eos": True,
-            "temperature": 0, "stream": True}
+async def _streamed_httpx(client: httpx.AsyncClient, url: str) -> Optional[StreamedRequest]:
     start = time.perf_counter()
-    last: Optional[float] = None
+    chunks: List[float] = []
     try:
-        async with client.stream("POST", url, json=body) as response:
+        async with client.stream("POST", url, json=chat_body(True)) as response:
             if response.status_code != 200:
                 await response.aread()
-                return False
+                return None
             async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                # Every event with a choice is one engine step (one token here: ignore_eos, no
-                # batching); the tiny model's byte-level tokens often decode to "", so content is
-                # not the test.
-                if not chunk.get("choices"):
-                    continue
-                now = time.perf_counter()
-                if last is None:
-                    ttft.append((now - start) * 1000)
-                else:
-                    itl.append((now - last) * 1000)
-                last = now
+                if _is_token_event(line):
+                    chunks.append((time.perf_counter() - start) * 1000)
     except httpx.TransportError:  # a reset connection is the server's error, not the benchmark's end
+        return None
+    return _streamed(start, chunks)
+
+
+async def _streamed_aiohttp(session, url: str) -> Optional[StreamedRequest]:
+    import aiohttp
+
+    start = time.perf_counter()
+    chunks: List[float] = []
+    try:
+        async with session.post(url, json=chat_body(True)) as response:
+            if response.status != 200:
+                await response.read()
+                return None
+            async for raw in response.content:  # one line per iteration, as it arrives
+                if _is_token_event(raw.decode().rstrip("\r\n")):
+                    chunks.append((time.perf_counter() - start) * 1000)
+    except aiohttp.ClientError:
+        return None
+    return _streamed(start, chunks)
+
+
+def _is_token_event(line: str) -> bool:
+    # Every event with a choice is one engine step (one token here: ignore_eos, no stream batching);
+    # the tiny model's byte-level tokens often decode to "", so content is not the test.
+    if not line.startswith("data: ") or line == "data: [DONE]":
         return False
-    return True
+    return bool(json.loads(line[6:]).get("choices"))
 
 
-async def run_load(base_url: str, concurrency: int, total: int) -> LoadResult:
+def _streamed(start: float, chunks: List[float]) -> Optional[StreamedRequest]:
+    if not chunks:
+        return None
+    return StreamedRequest(ttft_ms=chunks[0], total_ms=(time.perf_counter() - start) * 1000, chunk_times_ms=chunks)
+
+
+async def _run_workers(concurrency: int, total: int, one: Callable) -> float:
+    """`total` calls of `one()` by `concurrency` workers; returns the elapsed seconds."""
+    remaining = [total]
+
+    async def worker():
+        while remaining[0] > 0:
+            remaining[0] -= 1
+            await one()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - start
+
+
+async def measure(trial: Trial, base_url: str, requests: int, streamed: int, stream_client: str) -> None:
+    """Fill `trial`: `requests` non-streamed requests, then `streamed` streamed ones, at its concurrency."""
     url = f"{base_url}/v1/chat/completions"
-    ttft: List[float] = []
-    itl: List[float] = []
-    queue = list(range(total))
-    errors = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120, limits=limits, headers={"authorization": f"Bearer {API_KEY}"}) as client:
-        async def worker():
-            nonlocal errors
-            while queue:
-                queue.pop()
-                if not await one_request(client, url, ttft, itl):
-                    errors += 1
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    c = trial.concurrency
+    limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
+    async with httpx.AsyncClient(timeout=120, limits=limits, headers=headers) as client:
+        async def plain():
+            started = time.perf_counter()
+            try:
+                response = await client.post(url, json=chat_body(False))
+                error = "" if response.status_code == 200 else f"{response.status_code} {response.text[:200]}"
+            except httpx.TransportError as failure:
+                error = repr(failure)
+            if not error:
+                trial.latencies_ms.append((time.perf_counter() - started) * 1000)
+            else:
+                _record_error(trial, error)
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return LoadResult((total - errors) / elapsed, ttft, itl, errors)
+        if requests:
+            elapsed = await _run_workers(c, requests, plain)
+            # A trial of errors only has no rate (a 0 would pass for a slow server in the ratios).
+            trial.requests_per_s = len(trial.latencies_ms) / elapsed if trial.latencies_ms else float("nan")
+
+        if stream_client == "httpx":
+            async def stream_one():
+                result = await _streamed_httpx(client, url)
+                _record(trial, result)
+
+            if streamed:
+                await _run_workers(c, streamed, stream_one)
+    if stream_client == "aiohttp" and streamed:
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=c)
+        async with aiohttp.ClientSession(connector=connector, headers=headers,
+                                         timeout=aiohttp.ClientTimeout(total=120)) as session:
+            async def stream_one_aiohttp():
+                _record(trial, await _streamed_aiohttp(session, url))
+
+            await _run_workers(c, streamed, stream_one_aiohttp)
 
 
-def haproxy_ports() -> Dict[str, str]:
-    """Ray's HAProxy binds fixed stats/metrics ports; side-by-side servers each need their own."""
-    return {"RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}
+def _record(trial: Trial, result: Optional[StreamedRequest]) -> None:
+    if result is None:
+        _record_error(trial, "a streamed request failed")
+    else:
+        trial.streamed.append(result)
+
+
+def _record_error(trial: Trial, error: str) -> None:
+    trial.errors += 1
+    trial.first_error = trial.first_error or error
+
+
+# ---------------------------------------------------------------- servers
 
 
 class Server:
-    def __init__(self, name: str, command: List[str], env: Dict[str, str], port: int, work: Path):
-        self.name, self.command, self.env, self.port = name, command, env, port
-        self.log = work / f"{name}.log"
+    """One server's process tree, started once, frozen and thawed between its trials."""
+
+    def __init__(self, name: str, command: List[str], env: Dict[str, str], port: int, work: Path,
+                 cpus: Optional[Set[int]], probe_embeddings: bool = False):
+        self.name, self.command, self.env, self.port, self.cpus = name, command, env, port, cpus
+        self.probe_embeddings = probe_embeddings
+        self.log = work / f"{name.replace(chr(39), '-twin')}.log"
         self.process: Optional[subprocess.Popen] = None
+        self.start_seconds = float("nan")
+        self.started_tree: Set[Tuple[int, float]] = set()
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "Server":
-        self.process = subprocess.Popen(self.command, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-                                        env={**os.environ, **self.env, **haproxy_ports()}, cwd=REPO,
-                                        start_new_session=True)
-        try:
-            self._wait_until_ready()
-        except BaseException:  # Ctrl-C or SIGTERM while it starts: __exit__ would not run, stop it here
-            self.__exit__()
-            raise
-        return self
+    def start(self) -> None:
+        cpus = self.cpus
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            self.command, stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=REPO,
+            env={**os.environ, **self.env, **per_instance_ports()},
+            start_new_session=True,  # its own process group: a hard kill takes Ray's children too
+            # Every process of the server inherits this affinity (vLLM then binds its OpenMP threads
+            # within it, per VLLM_CPU_OMP_THREADS_BIND).
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
+        self.wait_until_serving(deadline_s=900)
+        self.start_seconds = time.monotonic() - started
 
-    def _wait_until_ready(self) -> None:
-        deadline = time.monotonic() + 900
+    def identities(self) -> Set[Tuple[int, float]]:
+        """(pid, start time) of every process of the tree: a replica that Ray replaced (say, after a
+        failed health check of a frozen cluster) shows up as a changed set."""
+        found = set()
+        for process in self._tree():
+            try:
+                found.add((process.pid, process.create_time()))
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    def wait_until_serving(self, deadline_s: float) -> None:
+        deadline = time.monotonic() + deadline_s
+        headers = {"authorization": f"Bearer {API_KEY}"}
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited; see {self.log}")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log}")
             try:
-                response = httpx.post(f"{self.base_url}/v1/chat/completions", timeout=10,
-                                      headers={"authorization": f"Bearer {API_KEY}"},
-                                      json={"model": "tiny-chat", "messages": PROMPT, "max_tokens": 1})
-                if response.status_code == 200:
+                chat = httpx.post(f"{self.base_url}/v1/chat/completions", timeout=10, headers=headers,
+                                  json={"model": "tiny-chat", "messages": PROMPT, "max_tokens": 1})
+                ready = chat.status_code == 200
+                if ready and self.probe_embeddings:
+                    embed = httpx.post(f"{self.base_url}/v1/embeddings", timeout=10, headers=headers,
+                                       json={"model": "all-minilm-l6-v2", "input": "warm"})
+                    ready = embed.status_code == 200
+                if ready:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-        raise RuntimeError(f"{self.name} was not ready in time; see {self.log}")
+        raise RuntimeError(f"{self.name} did not serve within {deadline_s:.0f} s; see {self.log}")
 
-    def __exit__(self, *exc) -> None:
+    def _tree(self) -> List[psutil.Process]:
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def _signal_tree(self, signum: int) -> None:
+        for process in self._tree():
+            try:
+                process.send_signal(signum)
+            except psutil.NoSuchProcess:
+                pass
+
+    def freeze(self) -> None:
+        self._signal_tree(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal_tree(signal.SIGCONT)
+
+    def memory_gib(self) -> float:
+        """Proportional set size of the whole tree (shared pages split among their users)."""
+        total = 0
+        for process in self._tree():
+            try:
+                total += process.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return total / 2**30
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        tree = self._tree()
+        self.thaw()  # a stopped process would not act on SIGINT
         self.process.send_signal(signal.SIGINT)
         try:
             self.process.wait(timeout=120)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        for process in tree[1:]:  # anything of its tree that left the group or outlived it
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
-def our_app_config(work: Path, direct_streaming: bool) -> Path:
+def our_app_config(work: Path, name: str, with_embedding: bool, direct_streaming: bool) -> Path:
     keys = work / "keys.yaml"
     keys.write_text(yaml.safe_dump({"keys": [{"name": "bench", "key": API_KEY}]}))
     profile = yaml.safe_load((REPO / "values" / "dev-cpu.yaml").read_text())["app"]
+    models = ["tiny-chat", "all-minilm-l6-v2"] if with_embedding else ["tiny-chat"]
     args = {
-        "models": {"tiny-chat": profile["models"]["tiny-chat"]},
+        "models": {model: profile["models"][model] for model in models},
         "gateway": {"auth": {"mode": "api_key", "api_keys": {"file": str(keys)}}, "direct_streaming": direct_streaming},
     }
-    path = work / f"app-{direct_streaming}.yaml"
+    path = work / f"app-{name.replace(chr(39), '-twin')}.yaml"
     path.write_text(yaml.safe_dump(args))
     return path
 
 
-def servers(work: Path, model_path: str, only: List[str]) -> List[Server]:
-    cpu_env = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
-    candidates = {
-        "A": lambda p: Server("A", [str(BIN / "llm-serving"), "serve", str(our_app_config(work, True)), "--port", str(p)],
-                              {**cpu_env, **FAST_PATH}, p, work),
-        "A'": lambda p: Server("A'", [str(BIN / "llm-serving"), "serve", str(our_app_config(work, False)), "--port", str(p)],
-                               {**cpu_env, **FAST_PATH}, p, work),
-        "B": lambda p: Server("B", [sys.executable, str(REPO / "benchmarks" / "plain_ray_serve_llm.py"), model_path, str(p),
-                                    "0"], {**cpu_env, **FAST_PATH}, p, work),
-        "B0": lambda p: Server("B0", [sys.executable, str(REPO / "benchmarks" / "plain_ray_serve_llm.py"), model_path, str(p)],
-                               {**cpu_env, **RAY_DEFAULTS}, p, work),
-        "C": lambda p: Server("C", [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
-                                    "--served-model-name", "tiny-chat", "--dtype", "float32", "--enforce-eager",
-                                    "--max-model-len", "512", "--host", "127.0.0.1", "--port", str(p)],
-                              cpu_env, p, work),
+def make_server(name: str, work: Path, model_path: str, cpus: Optional[Set[int]], omp_bind: str,
+                kv_cache_gib: int) -> Server:
+    port = free_port()
+    env = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "VLLM_CPU_OMP_THREADS_BIND": omp_bind}
+    ours = {  # name: (chat + embedding model, direct streaming)
+        "A1": (False, True), "A1'": (False, True), "A2": (True, True), "A3": (False, False),
     }
-    return [candidates[name](free_port()) for name in only]
+    if name in ours:
+        with_embedding, direct = ours[name]
+        config = our_app_config(work, name, with_embedding, direct)
+        command = [str(BIN / "llm-serving"), "serve", str(config), "--port", str(port),
+                   "--metrics-port", str(free_port()), "--num-cpus", str(RAY_NUM_CPUS[name])]
+        return Server(name, command, {**env, **FAST_PATH}, port, work, cpus, probe_embeddings=with_embedding)
+    if name == "B":  # plain_ray_serve_llm.py starts Ray with num_cpus=8 (RAY_NUM_CPUS["B"])
+        command = [sys.executable, str(REPO / "benchmarks" / "plain_ray_serve_llm.py"), model_path, str(port), "0"]
+        return Server(name, command, {**env, **FAST_PATH}, port, work, cpus)
+    if name == "C":
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
+                   "--served-model-name", "tiny-chat", "--dtype", "float32", "--enforce-eager",
+                   "--max-model-len", "512", "--host", "127.0.0.1", "--port", str(port)]
+        return Server(name, command, env, port, work, cpus)
+    raise SystemExit(f"unknown server {name!r}; choose from {', '.join(ALL_SERVERS)}")
+
+
+# ---------------------------------------------------------------- the run
+
+
+def parse_cpus(text: str) -> Optional[Set[int]]:
+    """'0', '0-1', '0,1' -> a CPU set; 'all' -> None (no pinning)."""
+    if text == "all":
+        return None
+    cpus: Set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def requests_for(concurrency: int, args) -> Tuple[int, int]:
+    plain = args.requests or max(24, 12 * concurrency)
+    streamed = args.stream_requests if args.stream_requests >= 0 else max(16, 4 * concurrency)
+    return plain, streamed
+
+
+def warm(server: Server, levels: Sequence[int], stream_client: str) -> None:
+    """Every measured path once, at the highest concurrency: non-streamed and streamed requests
+    (first requests after a thaw pay for page faults and re-established connections)."""
+    top = max(levels)
+    asyncio.run(measure(Trial(server.name, -1, top), server.base_url, 2 * top, top, stream_client))
+
+
+def run_round(round_: int, servers: Dict[str, Server], label: Dict[str, str], order: List[str],
+              levels: Sequence[int], args, trials: Dict[str, List[Trial]]) -> None:
+    for name in order:
+        server = servers[name]
+        server.thaw()
+        cells = []
+        try:
+            server.wait_until_serving(deadline_s=120)
+            warm(server, levels, args.stream_client)
+            for concurrency in levels:
+                plain, streamed = requests_for(concurrency, args)
+                trial = Trial(label[name], round_, concurrency)
+                asyncio.run(measure(trial, server.base_url, plain, streamed, args.stream_client))
+                trials[label[name]].append(trial)
+                errors = f" errors {trial.errors} ({trial.first_error})" if trial.errors else ""
+                cells.append(f"c={concurrency} {trial.requests_per_s:6.1f} req/s ttft {trial.ttft_p50_ms:5.1f} ms"
+                             f"{' SLOW-STREAM' if trial.coalesced else ''}{errors}")
+        except RuntimeError as error:  # a server that died: its trials of this round are missing
+            cells.append(f"FAILED: {error}")
+        finally:
+            server.freeze()
+        print(f"-- round {round_ + 1}, {label[name]:<6}: " + "; ".join(cells), flush=True)
+
+
+def print_settings(args, levels: Sequence[int]) -> None:
+    print("settings:")
+    print(f"  load generator pinned to CPUs {args.client_cpus}; servers' processes to CPUs {args.server_cpus}; "
+          f"VLLM_CPU_OMP_THREADS_BIND={args.omp_bind} (the engines' OpenMP threads); "
+          f"VLLM_CPU_KVCACHE_SPACE={args.kv_cache_gib} GiB per engine")
+    print(f"  Ray num_cpus (logical) = {RAY_NUM_CPUS} (B: plain_ray_serve_llm.py's own); fast path "
+          + " ".join(f"{k}={v}" for k, v in FAST_PATH.items()) + " for B and ours; B without stream batching")
+    print(f"  phases {args.phases!r}: the servers of a phase run side by side, one busy at a time, the others "
+          f"frozen with SIGSTOP (whole process tree), thawed with SIGCONT and warmed (non-streamed and streamed "
+          f"requests at c={max(levels)}) before timing; ratios pair trials of one round of one phase")
+    order = "rotated" if args.seed is None else f"shuffled (seed {args.seed})"
+    print(f"  {args.rounds} rounds per phase, order {order} per round; {TOKENS} tokens per request (ignore_eos); "
+          "per trial: "
+          + ", ".join(f"c={c}: {requests_for(c, args)[0]} non-streamed + {requests_for(c, args)[1]} streamed"
+                      for c in levels)
+          + f"; streamed with {args.stream_client} (keep-alive)", flush=True)
+
+
+def print_phase_servers(servers: Dict[str, Server]) -> None:
+    print("  memory (PSS) after start: " + ", ".join(f"{s.name} {s.memory_gib():.1f} GiB" for s in servers.values())
+          + f"; machine's MemAvailable {psutil.virtual_memory().available / 2**30:.1f} GiB; start times: "
+          + ", ".join(f"{s.name} {s.start_seconds:.0f} s" for s in servers.values()), flush=True)
+
+
+def fmt_ms(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.1f}"
+
+
+def print_report(trials: Dict[str, List[Trial]], pairs: List[Tuple[str, str]], levels: Sequence[int]) -> None:
+    print(f"\nresults: {TOKENS} tokens per request; req/s is the median over trials with its 95% CI "
+          "(distribution-free: order statistics of the binomial); latency, TTFT and gap are p50 within a "
+          "trial, median over trials; NAME@P is server NAME in phase P")
+    print(SLOW_MODE_DEFINITION)
+    print(f"{'server':<8}{'c':>3}  {'req/s median [95% CI]':<26}{'p50 lat ms':>11}{'TTFT p50':>10}"
+          f"{'gap p50':>9}{'slow':>8}{'errors':>8}")
+    for label, server_trials in trials.items():
+        slow = slow_trials(server_trials)
+        for concurrency in levels:
+            at = [t for t in server_trials if t.concurrency == concurrency]
+            if not at:
+                continue
+            rate = median_interval([t.requests_per_s for t in at])
+            latency = _nan_median([t.latency_p50_ms for t in at])
+            ttft = _nan_median([t.ttft_p50_ms for t in at])
+            gap = _nan_median([t.gap_p50_ms for t in at])
+            slow_here = sum(1 for t in slow if t.concurrency == concurrency)
+            print(f"{label:<8}{concurrency:>3}  {str(rate):<26}{fmt_ms(latency):>11}{fmt_ms(ttft):>10}{fmt_ms(gap):>9}"
+                  f"{f'{slow_here}/{len(at)}':>8}{sum(t.errors for t in at):>8}")
+    print("\nratios: median over rounds of the per-round req/s ratio [95% CI] (trials of one round paired); "
+          "TTFT p50 difference in ms, median [95% CI]")
+    for ours, base in pairs:
+        cells = []
+        for concurrency in levels:
+            ratio = median_interval(paired_ratios(trials[ours], trials[base], concurrency))
+            ttft = median_interval(paired_differences(trials[ours], trials[base], concurrency, "ttft_p50_ms"))
+            coverage = f", CI {ratio.coverage:.0%}" if ratio.n and ratio.coverage < 0.95 else ""
+            cells.append(f"c={concurrency}: {ratio}x (n={ratio.n}{coverage}), TTFT {ttft} ms")
+        print(f"{ours + '/' + base:<11} " + "; ".join(cells))
+
+
+def _nan_median(values: List[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else float("nan")
 
 
 def _stop_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # unwinds the `with server:` blocks, which stop the server in its own session
+    raise KeyboardInterrupt  # unwinds to the finally that thaws and stops every server
 
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phases", default="A,B,C;A',B,B0", help="servers measured together, phases split by ;")
-    parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--cycles", type=int, default=3, help="turns of each server (default: 3)")
-    parser.add_argument("--requests-per-level", type=int, default=0,
-                        help="requests per concurrency level and turn (default: max(64, 16 x concurrency))")
+    parser.add_argument("--phases", default=DEFAULT_PHASES,
+                        help=f"servers run side by side, phases split by ';' (default: {DEFAULT_PHASES!r}; "
+                             f"servers: {', '.join(ALL_SERVERS)})")
+    parser.add_argument("--concurrency", default="1,8")
+    parser.add_argument("--rounds", type=int, default=12, help="trials per server, concurrency and phase (default: 12)")
+    parser.add_argument("--requests", type=int, default=0,
+                        help="non-streamed requests per trial (default: max(24, 12 x concurrency))")
+    parser.add_argument("--stream-requests", type=int, default=-1,
+                        help="streamed requests per trial (default: max(16, 4 x concurrency); 0: none)")
+    parser.add_argument("--stream-client", choices=["httpx", "aiohttp"], default="httpx")
+    parser.add_argument("--seed", type=int, default=None, help="shuffle the order per round (default: rotate)")
+    parser.add_argument("--client-cpus", default="0", help="CPUs of the load generator ('all': unpinned)")
+    parser.add_argument("--server-cpus", default="0-1", help="CPUs of the servers' processes ('all': unpinned)")
+    parser.add_argument("--omp-bind", default="1", help="VLLM_CPU_OMP_THREADS_BIND of every engine (default: core 1)")
+    parser.add_argument("--kv-cache-gib", type=int, default=1,
+                        help="VLLM_CPU_KVCACHE_SPACE of every engine, whole GiB as vLLM reads it (default: 1)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    phases = [phase.split(",") for phase in args.phases.split(";")]
+    for name in {name for phase in phases for name in phase} - set(ALL_SERVERS):
+        raise SystemExit(f"unknown server {name!r} in --phases; choose from {', '.join(ALL_SERVERS)}")
 
     from llm_serving.builtin_models import tiny_chat_path
 
     model_path = str(tiny_chat_path())
-    for phase in args.phases.split(";"):
-        names = phase.split(",")
-        turns: Dict[str, Dict[int, List[LoadResult]]] = {name: {c: [] for c in levels} for name in names}
-        with tempfile.TemporaryDirectory(prefix="llm-serving-bench-") as tmp:
-            for cycle in range(args.cycles):
-                for server in servers(Path(tmp), model_path, names):
-                    with server:
-                        asyncio.run(run_load(server.base_url, 4, 16))  # warm-up
-                        for concurrency in levels:
-                            # Loads of 10-20 s: shorter ones mostly measured Ray's and vLLM's periodic
-                            # background work on two cores (the same server varied 2x between turns).
-                            total = args.requests_per_level or max(64, 16 * concurrency)
-                            turns[server.name][concurrency].append(
-                                asyncio.run(run_load(server.base_url, concurrency, total)))
-                    print(f"-- cycle {cycle + 1}, {server.name}: " + ", ".join(
-                        f"c={c} {turns[server.name][c][-1].requests_per_s:.1f} req/s" for c in levels), flush=True)
-        print_table(turns, levels)
+    client_cpus, server_cpus = parse_cpus(args.client_cpus), parse_cpus(args.server_cpus)
+    work = Path(tempfile.mkdtemp(prefix="llm-serving-bench-"))
+    print(f"servers' logs in {work}", flush=True)
+    print_settings(args, levels)
+    seen = [name for phase in phases for name in phase]
+    trials: Dict[str, List[Trial]] = {}
+    pairs: List[Tuple[str, str]] = []
+    begun = time.monotonic()
+    for number, names in enumerate(phases, start=1):
+        label = {name: name if seen.count(name) == 1 else f"{name}@{number}" for name in names}
+        for name in names:
+            trials[label[name]] = []
+        pairs += [(label[a], label[b]) for a, b in ratio_pairs(names)]
+        run_phase(number, names, label, trials, levels, args, work, model_path, server_cpus, client_cpus)
+    print_report(trials, pairs, levels)
+    print(f"\nthe whole run took {(time.monotonic() - begun) / 60:.1f} min")
 
 
-def merged(results: List[LoadResult]) -> LoadResult:
-    return LoadResult(
-        statistics.median(r.requests_per_s for r in results),
-        [x for r in results for x in r.ttft_ms],
-        [x for r in results for x in r.itl_ms],
-        sum(r.errors for r in results),
-    )
-
-
-def print_table(turns: Dict[str, Dict[int, List[LoadResult]]], levels: List[int]) -> None:
-    print(f"\n{TOKENS} tokens per request, streaming; req/s is the median turn; latencies in ms over all turns")
-    print(f"{'server':<7}{'conc':>5}{'req/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}{'ITL p99':>9}{'errors':>8}")
-    for name, by_level in turns.items():
-        for concurrency in levels:
-            r = merged(by_level[concurrency])
-            print(f"{name:<7}{concurrency:>5}{r.requests_per_s:>9.1f}{percentile(r.ttft_ms, 50):>10.1f}"
-                  f"{percentile(r.ttft_ms, 99):>10.1f}{percentile(r.itl_ms, 50):>9.2f}{percentile(r.itl_ms, 99):>9.2f}"
-                  f"{r.errors:>8}")
-    print("\nratios: median over turns of requests/s ours/theirs (TTFT p50 difference in ms)")
-    for ours in ("A", "A'"):
-        for base in ("B", "B0", "C"):
-            if ours not in turns or base not in turns:
-                continue
-            cells = []
-            for concurrency in levels:
-                pairs = zip(turns[ours][concurrency], turns[base][concurrency])
-                ratio = statistics.median(a.requests_per_s / b.requests_per_s for a, b in pairs)
-                delta = (percentile(merged(turns[ours][concurrency]).ttft_ms, 50)
-                         - percentile(merged(turns[base][concurrency]).ttft_ms, 50))
-                cells.append(f"c={concurrency}: {ratio:.2f}x ({delta:+.1f} ms)")
-            print(f"{ours}/{base}: " + ", ".join(cells))
+def run_phase(number: int, names: List[str], label: Dict[str, str], trials: Dict[str, List[Trial]],
+              levels: Sequence[int], args, work: Path, model_path: str, server_cpus: Optional[Set[int]],
+              client_cpus: Optional[Set[int]]) -> None:
+    servers: Dict[str, Server] = {}
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))  # the servers' processes must not inherit the client's
+    try:
+        for name in names:
+            available = psutil.virtual_memory().available / 2**30
+            if available < MIN_AVAILABLE_GIB:  # frozen servers keep their memory: stop before the OOM killer picks
+                raise SystemExit(f"only {available:.1f} GiB available before starting {name}; each server needs "
+                                 f"~3-6 GiB: run fewer servers per phase (--phases)")
+            server = make_server(name, work, model_path, server_cpus, args.omp_bind, args.kv_cache_gib)
+            servers[name] = server
+            server.start()
+            warm(server, levels, args.stream_client)
+            server.started_tree = server.identities()
+            server.freeze()
+            print(f"-- phase {number}: {name} serving after {server.start_seconds:.0f} s, frozen", flush=True)
+        print_phase_servers(servers)
+        if client_cpus:
+            os.sched_setaffinity(0, client_cpus)
+        started = time.monotonic()
+        for round_ in range(args.rounds):
+            run_round(round_, servers, label, round_order(names, round_, args.seed), levels, args, trials)
+        print(f"-- phase {number}: rounds took {(time.monotonic() - started) / 60:.1f} min; process trees after them "
+              "(freezing must not make Ray replace anything): " + "; ".join(
+                  f"{s.name} {len(s.started_tree - s.identities())} of {len(s.started_tree)} processes gone, "
+                  f"{len(s.identities() - s.started_tree)} new" for s in servers.values()), flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
 
 
 if __name__ == "__main__":
