@@ -8,18 +8,19 @@ Servers, each serving the tiny model builtin://tiny-chat on the CPU (API key on 
   A3   our app, one model, `gateway.direct_streaming: false` (the hop through the gateway deployment)
   A1'  a second start of A1: a server must agree with itself within the interval
 
-All servers are started once, then frozen (SIGSTOP to every process of the server's tree). Rounds of
-short trials follow; in a round each server in turn is thawed (SIGCONT), warmed on every measured
-path, measured and frozen again, so exactly one server is ever busy (an idle Ray cluster beside the
-measured one costs it a share of two cores) and no server is restarted between trials (a start takes
-1-2 min). The order is rotated each round. A trial at concurrency c is a fixed number of
-non-streamed requests (req/s, p50 latency) and of streamed ones (TTFT p50, gap between chunks p50).
-Ratios are taken per round (both trials minutes apart at most) and summarised as the median over the
-rounds with a distribution-free 95% confidence interval of the median (order statistics of the
-binomial; see benchmarks/trial_stats.py). Slow-mode trials are counted per server.
+The servers of a phase (default: C, B, A1, A1', then A1, A2, A3; all six would hold ~28 GiB) are
+started once, then frozen (SIGSTOP to every process of the server's tree). In each round each server
+in turn is thawed (SIGCONT), warmed on every measured path, measured and frozen again, so exactly one
+server is ever busy (an idle Ray cluster beside the measured one costs it a share of two cores) and
+no server is restarted between trials (a start takes 1-2 min). The order is rotated each round. A
+trial at concurrency c is a fixed number of non-streamed requests (req/s, p50 latency) and of
+streamed ones (TTFT p50, gap between chunks p50). Ratios are taken per round (both trials seconds
+apart) and summarised as the median over the rounds with a distribution-free 95% confidence interval
+of the median (order statistics of the binomial; see benchmarks/trial_stats.py). Slow-mode trials
+are counted per server.
 
 Run it with `make bench` (about 25 minutes on an idle 2-core machine with the defaults); --help for
-rounds, servers, concurrency and pinning.
+rounds, phases, concurrency and pinning.
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ ALL_SERVERS = ["C", "B", "A1", "A2", "A3", "A1'"]
 # A1 is in both, the reference of every ratio but B/C; the twin A1' checks A1 within one phase.
 DEFAULT_PHASES = "C,B,A1,A1';A1,A2,A3"
 MIN_AVAILABLE_GIB = 4.0
-RAY_NUM_CPUS = {"B": 8, "A1": 8, "A1'": 8, "A3": 8, "A2": 8}  # logical CPUs, passed explicitly below
+# Ray's logical CPUs (not cores: the engine's bundle and Serve's actors need room to be scheduled);
+# the same for every Ray server, so none gets more prestarted workers than another.
+RAY_NUM_CPUS = {"B": 8, "A1": 8, "A1'": 8, "A2": 8, "A3": 8}
 
 
 def chat_body(stream: bool) -> dict:
@@ -406,7 +409,8 @@ def print_settings(args, levels: Sequence[int]) -> None:
     print(f"  load generator pinned to CPUs {args.client_cpus}; servers' processes to CPUs {args.server_cpus}; "
           f"VLLM_CPU_OMP_THREADS_BIND={args.omp_bind} (the engines' OpenMP threads); "
           f"VLLM_CPU_KVCACHE_SPACE={args.kv_cache_gib} GiB per engine")
-    print(f"  Ray num_cpus (logical) = {RAY_NUM_CPUS} (B: plain_ray_serve_llm.py's own); fast path "
+    print("  Ray num_cpus (logical): " + ", ".join(f"{name} {n}" for name, n in RAY_NUM_CPUS.items())
+          + " (B: plain_ray_serve_llm.py's own); fast path "
           + " ".join(f"{k}={v}" for k, v in FAST_PATH.items()) + " for B and ours; B without stream batching")
     print(f"  phases {args.phases!r}: the servers of a phase run side by side, one busy at a time, the others "
           f"frozen with SIGSTOP (whole process tree), thawed with SIGCONT and warmed (non-streamed and streamed "
@@ -477,7 +481,7 @@ def main() -> None:
                         help=f"servers run side by side, phases split by ';' (default: {DEFAULT_PHASES!r}; "
                              f"servers: {', '.join(ALL_SERVERS)})")
     parser.add_argument("--concurrency", default="1,8")
-    parser.add_argument("--rounds", type=int, default=12, help="trials per server, concurrency and phase (default: 12)")
+    parser.add_argument("--rounds", type=int, default=20, help="trials per server, concurrency and phase (default: 20)")
     parser.add_argument("--requests", type=int, default=0,
                         help="non-streamed requests per trial (default: max(24, 12 x concurrency))")
     parser.add_argument("--stream-requests", type=int, default=-1,
