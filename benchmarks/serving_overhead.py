@@ -72,6 +72,7 @@ ALL_SERVERS = ["C", "B", "A1", "A2", "A3", "A1'"]
 # A1 is in both, the reference of every ratio but B/C; the twin A1' checks A1 within one phase.
 DEFAULT_PHASES = "C,B,A1,A1';A1,A2,A3"
 MIN_AVAILABLE_GIB = 4.0
+INITIAL_CPUS = os.sched_getaffinity(0)
 # Ray's logical CPUs (not cores: the engine's bundle and Serve's actors need room to be scheduled);
 # the same for every Ray server, so none gets more prestarted workers than another.
 RAY_NUM_CPUS = {"B": 8, "A1": 8, "A1'": 8, "A2": 8, "A3": 8}
@@ -215,7 +216,7 @@ class Server:
         self.log = work / f"{name.replace(chr(39), '-twin')}.log"
         self.process: Optional[subprocess.Popen] = None
         self.start_seconds = float("nan")
-        self.started_tree: Set[Tuple[int, float]] = set()
+        self.started_tree: Dict[Tuple[int, float], str] = {}
 
     @property
     def base_url(self) -> str:
@@ -235,16 +236,22 @@ class Server:
         self.wait_until_serving(deadline_s=900)
         self.start_seconds = time.monotonic() - started
 
-    def identities(self) -> Set[Tuple[int, float]]:
-        """(pid, start time) of every process of the tree: a replica that Ray replaced (say, after a
-        failed health check of a frozen cluster) shows up as a changed set."""
-        found = set()
+    def identities(self) -> Dict[Tuple[int, float], str]:
+        """{(pid, start time): name} of every process of the tree: a replica that Ray replaced (say,
+        after a failed health check of a frozen cluster) shows up as a new process of its name."""
+        found = {}
         for process in self._tree():
             try:
-                found.add((process.pid, process.create_time()))
+                found[(process.pid, process.create_time())] = process.name()
             except psutil.NoSuchProcess:
                 pass
         return found
+
+    def tree_changes(self) -> str:
+        now = self.identities()
+        gone = sorted(name for key, name in self.started_tree.items() if key not in now)
+        new = sorted(name for key, name in now.items() if key not in self.started_tree)
+        return f"{self.name}: of {len(self.started_tree)} processes gone {gone or 'none'}, new {new or 'none'}"
 
     def wait_until_serving(self, deadline_s: float) -> None:
         deadline = time.monotonic() + deadline_s
@@ -524,7 +531,7 @@ def run_phase(number: int, names: List[str], label: Dict[str, str], trials: Dict
               levels: Sequence[int], args, work: Path, model_path: str, server_cpus: Optional[Set[int]],
               client_cpus: Optional[Set[int]]) -> None:
     servers: Dict[str, Server] = {}
-    os.sched_setaffinity(0, range(os.cpu_count() or 1))  # the servers' processes must not inherit the client's
+    os.sched_setaffinity(0, INITIAL_CPUS)  # the servers' processes must not inherit the client's pinning
     try:
         for name in names:
             available = psutil.virtual_memory().available / 2**30
@@ -545,9 +552,8 @@ def run_phase(number: int, names: List[str], label: Dict[str, str], trials: Dict
         for round_ in range(args.rounds):
             run_round(round_, servers, label, round_order(names, round_, args.seed), levels, args, trials)
         print(f"-- phase {number}: rounds took {(time.monotonic() - started) / 60:.1f} min; process trees after them "
-              "(freezing must not make Ray replace anything): " + "; ".join(
-                  f"{s.name} {len(s.started_tree - s.identities())} of {len(s.started_tree)} processes gone, "
-                  f"{len(s.identities() - s.started_tree)} new" for s in servers.values()), flush=True)
+              "(freezing must not make Ray replace a replica; Ray ends idle workers itself): "
+              + "; ".join(s.tree_changes() for s in servers.values()), flush=True)
     finally:
         for server in servers.values():
             server.stop()
