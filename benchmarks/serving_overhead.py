@@ -8,7 +8,7 @@ Servers, each serving the tiny model builtin://tiny-chat on the CPU (API key on 
   A3   our app, one model, `gateway.direct_streaming: false` (the hop through the gateway deployment)
   A1'  a second start of A1: a server must agree with itself within the interval
 
-The servers of a phase (default: C, B, A1, A1', then A1, A2, A3; all six would hold ~28 GiB) are
+The servers of a phase (default: C, B, A1, A1', then A1, A2, A3; all six would hold ~30 GiB) are
 started once, then frozen (SIGSTOP to every process of the server's tree). In each round each server
 in turn is thawed (SIGCONT), warmed on every measured path, measured and frozen again, so exactly one
 server is ever busy (an idle Ray cluster beside the measured one costs it a share of two cores) and
@@ -68,7 +68,7 @@ FAST_PATH = {
 TOKENS = 16
 PROMPT = [{"role": "user", "content": "Tell me about Ray Serve and vLLM."}]
 ALL_SERVERS = ["C", "B", "A1", "A2", "A3", "A1'"]
-# Two phases: all six side by side would hold ~28 GiB (A1 ~5 GiB, A2 ~6 GiB, C ~2.6 GiB, frozen or not).
+# Two phases: all six side by side would hold ~30 GiB (PSS: A1 5.1 GiB, A2 7.7, A3 4.9, C 2.6; frozen or not).
 # A1 is in both, the reference of every ratio but B/C; the twin A1' checks A1 within one phase.
 DEFAULT_PHASES = "C,B,A1,A1';A1,A2,A3"
 MIN_AVAILABLE_GIB = 4.0
