@@ -96,7 +96,8 @@ PRIVATE_NAMES: Dict[str, Tuple[str, Optional[str], str]] = {
     "serve_controller_client": (
         "ray.serve.context",
         "_get_global_client",
-        "declarative deploys (deploy_apps) as the REST API and KubeRay do; public serve.run is imperative",
+        "declarative deploys (deploy_apps) as the REST API and KubeRay do; public serve.run is imperative; "
+        "the gateway's model readiness reads its get_serve_details() dict (see ingress.ModelReadiness)",
     ),
     "serve_replica": (
         "ray.serve._private.replica",

@@ -7,7 +7,6 @@ import logging
 from typing import Any, AsyncIterator, Dict, Optional, Tuple
 
 from fastapi import FastAPI
-from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
@@ -21,6 +20,7 @@ from llm_serving._ray import (
     asgi_app_of,
     default_handles,
     metrics_lifespan,
+    serve_controller_client,
     set_asgi_app,
     with_engine_response_hook,
 )
@@ -49,24 +49,36 @@ def _ingress_fastapi_app() -> FastAPI:
     return app
 
 
-def readiness_from_status(status, deployments: Dict[str, Tuple[str, str]]) -> Dict[str, Tuple[bool, int]]:
-    """Per model: (ready, running replicas). A model is ready when its deployment has a running
+def readiness_from_details(
+    details: Dict[str, Any], deployments: Dict[str, Tuple[str, str]]
+) -> Dict[str, Tuple[bool, int]]:
+    """Per model: (ready, running replicas), from Serve's instance details (the dict the controller
+    returns, that serve.status() parses). A model is ready when its deployment has a running
     replica, or is healthy at zero replicas (scaled to zero: the first request wakes it up rather
     than failing)."""
     ready = {}
+    applications = details.get("applications") or {}
     for model, (app_name, deployment_name) in deployments.items():
-        application = status.applications.get(app_name)
-        deployment = application.deployments.get(deployment_name) if application else None
+        deployment = (applications.get(app_name) or {}).get("deployments", {}).get(deployment_name)
         if deployment is None:
             ready[model] = (False, 0)
             continue
-        running = deployment.replica_states.get("RUNNING", 0)
-        ready[model] = (running > 0 or deployment.status == "HEALTHY", running)
+        running = sum(1 for replica in deployment.get("replicas", []) if replica.get("state") == "RUNNING")
+        ready[model] = (running > 0 or deployment.get("status") == "HEALTHY", running)
     return ready
 
 
+def _serve_instance_details() -> Dict[str, Any]:
+    return serve_controller_client().get_serve_details()  # blocks: run it in a thread
+
+
 class ModelReadiness:
-    """Keeps a per-model ready flag fresh by polling Serve's status in the background."""
+    """Keeps a per-model ready flag fresh by polling Serve's controller in the background.
+
+    It reads the controller's details dict, not serve.status(): that one parses the dict into
+    ServeInstanceDetails, whose RequestRouterConfig validator cloudpickles each deployment's router
+    class (ray/serve/config.py, _serialize_request_router_cls). Once a second per deployment, that was
+    a fifth of the gateway replica's CPU under load on two cores (py-spy, issue 17)."""
 
     def __init__(self, handles: Dict[str, DeploymentHandle]):
         self._deployments = {model: (h.app_name, h.deployment_name) for model, h in handles.items()}
@@ -86,8 +98,8 @@ class ModelReadiness:
     async def _poll_forever(self) -> None:
         while True:
             try:
-                status = await asyncio.to_thread(serve.status)
-                states = readiness_from_status(status, self._deployments)
+                details = await asyncio.to_thread(_serve_instance_details)
+                states = readiness_from_details(details, self._deployments)
                 self._ready = {model: ready for model, (ready, _) in states.items()}
                 self._running = {model: running for model, (_, running) in states.items()}
             except Exception:  # keep the last known state; the next poll may succeed
