@@ -2,6 +2,7 @@
 HAProxy) and the gateway runs inside it, wrapping vLLM's own app. Same promises as the gateway
 deployment: auth, errors in OpenAI's shape, probes."""
 
+import asyncio
 import signal
 
 import httpx
@@ -11,6 +12,7 @@ import yaml
 
 from tests.e2e.dev_cpu import CHAT_MODEL, FULL_KEY, KEYS_DOCUMENT, dev_cpu_with_keys
 from tests.e2e.servers import start_app
+from tests.e2e.stream_reads import stream_reads
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +47,13 @@ def test_chat_and_streaming_through_the_in_replica_gateway(direct):
     text = "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
     assert text == plain.choices[0].message.content
     assert [m.id for m in client.models.list()] == [CHAT_MODEL]
+
+
+@pytest.mark.parametrize("client_name", ["aiohttp", "httpx"])
+def test_a_stream_arrives_in_many_reads_through_haproxy(direct, client_name):
+    # Issue 17: aiohttp was seen getting whole streams in one read here (see tests/e2e/stream_reads.py)
+    seen = asyncio.run(stream_reads(client_name, direct.api_url, FULL_KEY, CHAT_MODEL))
+    assert seen[-1].streamed(), "every stream arrived bunched up:\n" + "\n".join(map(str, seen))
 
 
 def test_auth_and_errors_hold_on_the_fast_path(direct):
