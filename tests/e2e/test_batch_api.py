@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import openai
 import pytest
+import yaml
 
 from tests.e2e.dev_cpu import CHAT_MODEL, EMBED_MODEL
 
@@ -179,6 +180,31 @@ def test_lines_naming_a_model_the_key_may_not_use_fail_alone(chat_only_client):
     errors = read_lines(chat_only_client, batch.error_file_id)
     assert set(errors) == {"e-0", "e-1", "e-2"}
     assert {e["response"]["status_code"] for e in errors.values()} == {403}
+    assert {e["response"]["body"]["error"]["code"] for e in errors.values()} == {"model_not_allowed"}
+
+
+def test_lines_are_checked_against_the_key_as_it_is_when_they_run(gateway, chat_only_client):
+    """The chat-only key loses the chat model after it uploaded its file: the Secret's file changes
+    (the gateway, not reloaded, still lets it create the batch). The runner reads the keys as the
+    lines start, so they fail 403 rather than run on a model the key no longer has."""
+    keys_file = gateway.log_path.parent / "api-keys.yaml"  # conftest's gateway keeps its keys beside its log
+    original = keys_file.read_text()
+    document = yaml.safe_load(original)
+    for key in document["keys"]:
+        if key["name"] == "chat-only":
+            key["models"] = [EMBED_MODEL]
+    file_id = upload(chat_only_client, [line(f"c-{i}", "/v1/chat/completions", chat_body(i)) for i in range(2)])
+    try:
+        keys_file.write_text(yaml.safe_dump(document))
+        batch = chat_only_client.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        batch = wait_until_done(chat_only_client, batch.id)
+    finally:
+        keys_file.write_text(original)
+    assert batch.status == "completed" and batch.output_file_id is None
+    errors = read_lines(chat_only_client, batch.error_file_id)
+    assert set(errors) == {"c-0", "c-1"}
     assert {e["response"]["body"]["error"]["code"] for e in errors.values()} == {"model_not_allowed"}
 
 

@@ -157,7 +157,7 @@ def test_unknown_adapter_is_404_naming_those_that_exist(lora_app):
 def test_adapter_that_fails_to_load_is_503_with_the_reason(lora_app):
     with pytest.raises(openai.InternalServerError) as failed:
         complete(client_for(lora_app), BROKEN)
-    assert failed.value.status_code == 503
+    assert failed.value.status_code == 503 and failed.value.body["code"] == "adapter_unavailable"
     message = failed.value.body["message"]
     assert f"The adapter `{BROKEN}` could not be loaded" in message
     assert "max_lora_rank" in message or "rank" in message.lower(), message

@@ -1,4 +1,5 @@
-"""Fault battery cases 1-3 (issue 14): processes of the real app killed under a steady streaming load.
+"""Fault battery cases 1-4 (issues 14 and 15): processes of the real app killed under a steady streaming
+load, and the Batch API's runner killed mid-batch.
 
 The instance is the serveConfigV2 the llm-serving chart renders from values/dev-cpu.yaml with its
 `app` replaced by one tiny chat model behind the Gateway deployment (`direct_streaming: false`) with
@@ -30,6 +31,12 @@ titles inside the command's process tree and killed with SIGKILL (a crash, an OO
    reconnect over the network within RAY_gcs_rpc_server_reconnect_timeout_s; here only gcs_server
    restarts and everything shares one machine. The chart's side (gcsFaultToleranceOptions, the
    Redis Secret) is tested with the chart.
+4. Batch runner replica killed (`ray::ServeReplica:llm-serving:BatchRunner`) mid-batch: the process
+   that drives the batch's Ray Data pipeline, and owns its actors. Serve starts a new replica, which
+   resumes every unfinished batch from the store (result chunks already written are its record of
+   done lines); the batch must end completed (or failed with a reason), every custom_id exactly once
+   in its output and error files. A gateway replica holds no batch state (it records the batch and
+   hands it to the runner), so case 2 covers it.
 
 `make faults` runs every case (run_battery); tests/e2e/test_faults_kills.py runs them all too but the
 EngineCore kill, which adds another engine restart (about a minute) and runs only in `make faults`.
@@ -49,6 +56,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
 import httpx
+import openai
 import psutil
 import yaml
 
@@ -82,7 +90,7 @@ KILL_RACE_S = 1.0  # requests sent this soon after a kill count as in flight at 
 REFUSED_WHILE_DOWN = "503+Retry-After"
 
 
-def values() -> dict:
+def values(batch_store: Path) -> dict:
     profile = yaml.safe_load((VALUES / "dev-cpu.yaml").read_text())
     profile["app"] = {
         "models": {MODEL: TINY_CHAT},
@@ -91,6 +99,8 @@ def values() -> dict:
             "direct_streaming": False,  # the Gateway deployment in front of the engine
             "ingress": {"min_replicas": 2, "max_replicas": 2},
         },
+        # The Batch API with a store of this instance's own (case 4 kills its runner mid-batch).
+        "batch": {"store_uri": str(batch_store)},
     }
     return profile
 
@@ -149,7 +159,7 @@ def instance(work: Path) -> Iterator[Instance]:
     with redis_server(work) as redis_url:
         address = redis_url.removeprefix("redis://").split("/")[0]
         config_file = work / "serve-config.yaml"
-        config_file.write_text(render_serve_config(values()))
+        config_file.write_text(render_serve_config(values(work / "batch-store")))
         app = start_app(config_file, work / "serve.log", env={"RAY_REDIS_ADDRESS": address})
         running = Instance(app, work, address)
         try:
@@ -304,6 +314,99 @@ def case_gateway_killed(inst: Instance) -> FaultResult:
     return result
 
 
+BATCH_RUNNER_TITLE = r"ray::ServeReplica:llm-serving:BatchRunner(\.|$)"
+BATCH_LINES = 120
+BATCH_MAX_TOKENS = 48  # with ignore_eos: the batch runs for tens of seconds on two cores
+BATCH_BOUND_S = 420.0  # kill -> the batch final (a new runner replica starts and resumes it)
+FINAL_BATCH_STATUSES = ("completed", "failed", "cancelled", "expired")
+
+
+def _batch_client(inst: Instance) -> openai.OpenAI:
+    return openai.OpenAI(base_url=inst.app.api_url, api_key=API_KEY, max_retries=0, timeout=30)
+
+
+def _poll_batch(client: openai.OpenAI, batch_id: str, until: Callable, timeout_s: float):
+    """The batch once `until(batch)` holds (or the last one seen at the deadline); polls the proxy
+    drops while a replica dies are polled again."""
+    deadline = time.monotonic() + timeout_s
+    batch = None
+    while time.monotonic() < deadline:
+        try:
+            batch = client.batches.retrieve(batch_id)
+        except (openai.APIConnectionError, openai.InternalServerError):
+            time.sleep(1)
+            continue
+        if until(batch):
+            return batch
+        time.sleep(0.5)
+    return batch
+
+
+def _file_lines(client: openai.OpenAI, file_id: Optional[str]) -> List[dict]:
+    if file_id is None:
+        return []
+    return [json.loads(raw) for raw in client.files.content(file_id).text.splitlines() if raw]
+
+
+def case_batch_runner_killed(inst: Instance) -> FaultResult:
+    """Case 4: the BatchRunner replica (the process that runs a batch through Ray Data) SIGKILLed
+    mid-batch. Serve starts a new replica, which resumes every unfinished batch from the store; the
+    batch must end completed (or failed with a visible reason), never stay in_progress, with every
+    custom_id exactly once in its output and error files and request_counts that agree."""
+    result = FaultResult(
+        fault=f"batch runner replica killed during a batch of {BATCH_LINES} lines",
+        sent=BATCH_LINES, failed=0,
+        bound=(f"batch final < {BATCH_BOUND_S:.0f} s after the kill: completed (or failed with errors), "
+               "each custom_id once in output+error files, request_counts agree"),
+    )
+    client = _batch_client(inst)
+    lines = [
+        {"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": MODEL, "messages": [{"role": "user", "content": f"Count to {i}."}],
+                  "max_tokens": BATCH_MAX_TOKENS, "min_tokens": BATCH_MAX_TOKENS, "ignore_eos": True,
+                  "temperature": 0}}
+        for i in range(BATCH_LINES)
+    ]
+    content = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    input_file = client.files.create(file=("batch.jsonl", content), purpose="batch")
+    batch = client.batches.create(input_file_id=input_file.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    old_runner = inst.find_one(BATCH_RUNNER_TITLE)
+    # Mid-way: some lines written to the store, most still to run.
+    before = _poll_batch(client, batch.id, lambda b: b.status in FINAL_BATCH_STATUSES
+                         or (b.request_counts is not None and b.request_counts.completed > 0), 240)
+    assert before is not None and before.status == "in_progress", f"the batch never got going: {before}"
+    done_before = before.request_counts.completed
+    fault_at = _kill(old_runner)
+    result.fault += f" ({done_before} done at the kill)"
+    after = _poll_batch(client, batch.id, lambda b: b.status in FINAL_BATCH_STATUSES, BATCH_BOUND_S)
+    if after is not None and after.status in FINAL_BATCH_STATUSES:
+        result.recovery_s = time.monotonic() - fault_at
+    result.clients_saw[f"batch {after.status if after else 'unknown'}"] += 1
+    result.check(after is not None and after.status in ("completed", "failed"),
+                 f"batch not completed or failed {BATCH_BOUND_S:.0f} s after the kill: {after}")
+    if after is None:
+        return result
+    if after.status == "failed":
+        result.check(bool(after.errors and after.errors.data), f"failed without a reason: {after}")
+    output, errors = _file_lines(client, after.output_file_id), _file_lines(client, after.error_file_id)
+    custom_ids = [line["custom_id"] for line in output + errors]
+    expected = {line["custom_id"] for line in lines}
+    repeated = sorted({c for c in custom_ids if custom_ids.count(c) > 1})
+    result.check(not repeated, f"custom_ids in more than one line: {repeated[:5]}")
+    if after.status == "completed":
+        result.check(set(custom_ids) == expected,
+                     f"{len(expected - set(custom_ids))} custom_ids missing from output+error files")
+    counts = after.request_counts
+    result.check((counts.total, counts.completed, counts.failed) == (BATCH_LINES, len(output), len(errors)),
+                 f"request_counts {counts} disagree with the files ({len(output)} output, {len(errors)} error lines)")
+    result.failed = len(errors)
+    result.check(not errors, f"{len(errors)} lines failed: {errors[0]['response']['body'] if errors else ''}")
+    result.check(not any(p.pid == old_runner.pid for p in inst.find(BATCH_RUNNER_TITLE)),
+                 "the killed runner replica is still there")
+    return result
+
+
 CLUSTER_CHECK = """
 import json, sys, ray
 from ray import serve
@@ -403,6 +506,7 @@ def run_battery(work_dir: Path) -> List[FaultResult]:
         ("gateway replica killed", case_gateway_killed),
         ("engine replica actor killed", case_engine_killed),
         ("engine EngineCore process killed", lambda i: case_engine_killed(i, "EngineCore process")),
+        ("batch runner replica killed", case_batch_runner_killed),
         ("gcs_server killed", case_gcs_killed),
     ]
     with instance(work_dir) as inst:

@@ -49,7 +49,7 @@ class WithKey:
 @pytest.fixture
 def api(tmp_path):
     runner = RecordingRunner()
-    config = BatchConfig(store_uri=str(tmp_path / "store"), max_file_bytes=2048, max_lines=3)
+    config = BatchConfig(store_uri=str(tmp_path / "store"), max_file_bytes=2048, max_lines=3, completion_window_s=600)
     app = WithKey(BatchRoutes(Starlette(), config, runner))
 
     def call(method, path, key="team-a", **kwargs):
@@ -114,6 +114,8 @@ def test_a_batch_is_recorded_then_handed_to_the_runner(api):
     assert created.status_code == 200, created.text
     batch = created.json()
     assert batch["status"] == "validating" and batch["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
+    # The API's window is "24h"; the server's shorter batch.completion_window_s sets expires_at.
+    assert batch["completion_window"] == "24h" and batch["expires_at"] == batch["created_at"] + 600
     assert api.runner.submitted == [batch["id"]]
     assert api("GET", f"/v1/batches/{batch['id']}").json()["id"] == batch["id"]
     assert api("GET", f"/v1/batches/{batch['id']}", key="team-b").status_code == 404

@@ -181,3 +181,33 @@ def test_keys_may_be_limited_to_adapters(key, model, status):
     if status == 403:
         assert response.json()["error"]["message"].endswith(
             "Allowed models: chat:a." if key == "sk-only-adapter-a-000" else "Allowed models: chat.")
+
+
+def test_an_adapter_that_failed_to_load_is_503_with_a_code():
+    from llm_serving.gateway.errors import CODE_BY_EXCEPTION_TYPE, openai_error_from_body
+    from llm_serving.gateway.stream_failures import EngineUnavailable
+    from llm_serving.lora import AdapterUnavailable
+
+    # What Ray Serve LLM's handler answers for our exception (server_utils.get_response_for_error).
+    ray_body = {"error": {"message": "Message: The adapter `chat:broken` could not be loaded: rank 64 "
+                          "(Request ID: r1), Internal exception: ...", "type": "AdapterUnavailable", "code": 503}}
+    error = json.loads(openai_error_from_body(503, json.dumps(ray_body).encode()))["error"]
+    assert error["code"] == "adapter_unavailable" and error["type"] == "service_unavailable_error"
+    assert error["message"] == "The adapter `chat:broken` could not be loaded: rank 64"
+    assert {AdapterUnavailable.__name__, EngineUnavailable.__name__} == set(CODE_BY_EXCEPTION_TYPE)
+
+
+def test_an_adapter_that_failed_to_load_gives_back_its_slot():
+    from collections import OrderedDict
+    from types import SimpleNamespace
+
+    from llm_serving import _ray
+
+    def load_model(model_id):  # the replica's multiplexed loader, as serve.multiplexed leaves it
+        return model_id
+
+    wrapper = SimpleNamespace(models=OrderedDict(good="good", broken="broken"), _push_multiplexed_replica_info=False)
+    setattr(load_model, _ray.MULTIPLEX_WRAPPER_ATTRIBUTE, wrapper)
+    _ray.forget_adapter(SimpleNamespace(_load_model=load_model), "broken")
+    assert list(wrapper.models) == ["good"] and wrapper._push_multiplexed_replica_info is True
+    _ray.forget_adapter(SimpleNamespace(), "broken")  # no LoRA on the replica: nothing to forget

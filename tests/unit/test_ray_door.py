@@ -143,3 +143,14 @@ def test_the_worker_setup_hooks_name_loads_serves_replica_but_not_ray_serve_llm(
     modules = _ray_modules_after("from llm_serving._ray import serve_replica")
     assert "ray.serve._private.replica" in modules
     assert not [m for m in modules if m.startswith(("ray.llm", "vllm"))], modules
+
+
+def test_serve_multiplexed_still_keeps_its_wrapper_and_cache_where_forget_adapter_looks():
+    from ray.serve import api, multiplex
+
+    assert f'"{_ray.MULTIPLEX_WRAPPER_ATTRIBUTE}"' in inspect.getsource(api.multiplexed), (
+        "serve.multiplexed no longer keeps its wrapper in __serve_multiplex_wrapper; update _ray.forget_adapter"
+    )
+    assert re.search(r"self\.models\s*=", inspect.getsource(multiplex._ModelMultiplexWrapper)), (
+        "Serve's multiplex wrapper no longer caches models in `models`; update _ray.forget_adapter"
+    )

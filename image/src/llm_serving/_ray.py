@@ -145,6 +145,10 @@ PRIVATE_ATTRIBUTES: Tuple[Tuple[str, str, str], ...] = (
     (f"{_LLM}.engines.vllm.vllm_engine", "VLLMEngine", "_app_state"),
     # Overridden by with_adapter_load_errors: where LLMServer loads a request's adapter.
     (f"{_LLM}.core.server.llm_server", "LLMServer", "_maybe_resolve_lora_from_multiplex"),
+    # Read by forget_adapter: the replica's multiplexed loader and its Serve wrapper's push flag (the
+    # wrapper's `models` cache too, checked in tests/unit/test_ray_door.py: a plain name).
+    (f"{_LLM}.core.server.llm_server", "LLMServer", "_load_model"),
+    ("ray.serve.multiplex", "_ModelMultiplexWrapper", "_push_multiplexed_replica_info"),
 )
 
 
@@ -265,6 +269,22 @@ def with_adapter_load_errors(server_cls: Any, error_cls: Any) -> Any:
             try:
                 await super()._maybe_resolve_lora_from_multiplex()
             except Exception as error:
-                raise error_cls(serve.get_multiplexed_model_id(), str(error) or type(error).__name__) from None
+                model_id = serve.get_multiplexed_model_id()
+                forget_adapter(self, model_id)
+                raise error_cls(model_id, str(error) or type(error).__name__) from None
 
     return AdapterLoadErrors
+
+
+# Where serve.multiplexed keeps its wrapper on a plain function (ray/serve/api.py, multiplexed).
+MULTIPLEX_WRAPPER_ATTRIBUTE = "__serve_multiplex_wrapper"
+
+
+def forget_adapter(server: Any, model_id: str) -> None:
+    """Drop an adapter vLLM failed to load from the replica's multiplexed-model cache. Serve's
+    wrapper (ray/serve/multiplex.py) caches what the loader returned once the adapter's files were
+    found, before vLLM loads them; a failed adapter would so keep one of max_num_models_per_replica
+    slots (evicting a good one) and be reported to the router as loaded on this replica."""
+    wrapper = getattr(getattr(server, "_load_model", None), MULTIPLEX_WRAPPER_ATTRIBUTE, None)
+    if wrapper is not None and wrapper.models.pop(model_id, None) is not None:
+        wrapper._push_multiplexed_replica_info = True  # tell the router the replica's models changed

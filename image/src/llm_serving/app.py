@@ -182,9 +182,12 @@ def build_batch_runner(config: AppConfig, llm_deployments: Dict[str, Application
     # handle whose router shares the caller's loop refuses: RAY_SERVE_THROUGHPUT_OPTIMIZED (which
     # `llm-serving serve` and the chart set) turns that sharing on (ray/serve/_private/constants.py).
     runtime_env = {"env_vars": {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}}
+    # The runner reads the keys sources itself as a batch's lines start (a reloaded key applies).
+    auth = config.gateway.auth
+    api_keys = auth.api_keys.model_dump() if auth.mode == "api_key" else None
     return serve.deployment(
         BatchRunner,
         name=BATCH_RUNNER_DEPLOYMENT,
         num_replicas=1,
         ray_actor_options={"num_cpus": 0, "runtime_env": runtime_env},
-    ).bind(config.batch.model_dump(), llm_deployments, models)
+    ).bind(config.batch.model_dump(), llm_deployments, models, api_keys)

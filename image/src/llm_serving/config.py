@@ -574,6 +574,16 @@ class BatchConfig(StrictModel):
     request_timeout_s: float = Field(
         600, gt=0, description="Longest one batch request may take; a slower one fails that line only."
     )
+    completion_window_s: int = Field(
+        24 * 3600,
+        ge=1,
+        le=24 * 3600,
+        description=(
+            "Seconds after creation a batch expires (its expires_at): lines not run by then go to the error "
+            "file with code batch_expired and the batch ends `expired`. The API's completion_window is always "
+            "'24h' (OpenAI's only value); a shorter window bounds how long a batch may hold the engines."
+        ),
+    )
 
     @field_validator("store_uri")
     @classmethod

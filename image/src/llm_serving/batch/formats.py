@@ -67,9 +67,11 @@ def batch_object(
     owner: str,
     allowed_models: Optional[List[str]],
     metadata: Optional[Dict[str, str]],
+    window_s: int = COMPLETION_WINDOW_S,
 ) -> Dict[str, Any]:
     """A new Batch as stored: OpenAI's fields plus `owner` and the models the key could use when the
-    batch was created (lines naming another model fail alone)."""
+    batch was created (lines naming another model fail alone). It expires `window_s` after creation
+    (OpenAI's completion_window "24h", unless the server's batch.completion_window_s is shorter)."""
     created = now()
     return {
         "id": batch_id,
@@ -83,7 +85,7 @@ def batch_object(
         "error_file_id": None,
         "created_at": created,
         "in_progress_at": None,
-        "expires_at": created + COMPLETION_WINDOW_S,
+        "expires_at": created + window_s,
         "finalizing_at": None,
         "completed_at": None,
         "failed_at": None,
@@ -122,6 +124,20 @@ def output_line(custom_id: str, status_code: int, body: Any, request_id: Optiona
         "custom_id": custom_id,
         "response": {"status_code": status_code, "request_id": request_id or new_id("req_"), "body": body},
         "error": None,
+    }
+
+
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+
+
+def expired_line(custom_id: str) -> Dict[str, Any]:
+    """An error-file line for a request the batch did not run before it expired: OpenAI writes these
+    with no response and the error code `batch_expired`."""
+    return {
+        "id": new_id("batch_req_"),
+        "custom_id": custom_id,
+        "response": None,
+        "error": {"code": "batch_expired", "message": EXPIRED_MESSAGE},
     }
 
 

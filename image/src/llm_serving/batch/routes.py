@@ -202,7 +202,13 @@ class BatchRoutes:
         api_key = scope.get(API_KEY_SCOPE)
         allowed = sorted(api_key.allowed_models) if api_key is not None and api_key.allowed_models is not None else None
         batch = batch_object(
-            new_id("batch_"), endpoint, input_file_id, self._owner(scope), allowed, payload.get("metadata")
+            new_id("batch_"),
+            endpoint,
+            input_file_id,
+            self._owner(scope),
+            allowed,
+            payload.get("metadata"),
+            window_s=self.config.completion_window_s,
         )
         await asyncio.to_thread(self.store.put_batch, batch)
         # Recorded first: should the runner be unreachable now, it picks the batch up when it starts.

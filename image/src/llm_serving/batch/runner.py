@@ -20,7 +20,7 @@ import math
 import queue
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional, Set
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from llm_serving.batch.formats import (
     FINAL_STATUSES,
@@ -30,16 +30,19 @@ from llm_serving.batch.formats import (
     InputLine,
     error_item,
     errors_list,
+    expired_line,
     failed_line,
     file_object,
     jsonl,
     new_id,
+    now,
     output_line,
     parse_input_file,
     set_status,
 )
 from llm_serving.batch.store import BatchStore, NotFound
-from llm_serving.config import BatchConfig
+from llm_serving.config import ApiKeysConfig, BatchConfig
+from llm_serving.gateway.api_keys import ApiKeyStore, KeysFileError
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +80,14 @@ class BatchCancelled(Exception):
     pass
 
 
+class BatchExpired(Exception):
+    """The batch's expires_at passed before its lines were all run."""
+
+
+def expired(batch: Dict[str, Any]) -> bool:
+    return now() >= batch["expires_at"]
+
+
 class BatchRunner:
     """Serve deployment class; see the module docstring."""
 
@@ -85,10 +96,13 @@ class BatchRunner:
         config: Dict[str, Any],
         engines: Dict[str, Any],
         models: Dict[str, Dict[str, Any]],
+        api_keys: Optional[Dict[str, Any]] = None,
     ):
         """`engines`: the engine deployment handle per model; `models`: per model its task
-        (generate or embed), max_ongoing_requests and max_replicas."""
+        (generate or embed), max_ongoing_requests and max_replicas; `api_keys`: the gateway's keys
+        sources (ApiKeysConfig) when it checks keys, read again as a batch's lines start."""
         self.config = BatchConfig.model_validate(config)
+        self.api_keys = ApiKeysConfig.model_validate(api_keys) if api_keys is not None else None
         self.store = BatchStore(self.config.store_uri)
         self.engines = {name: (handle.app_name, handle.deployment_name) for name, handle in engines.items()}
         self.models = models
@@ -158,6 +172,10 @@ class BatchRunner:
         try:
             if batch_id not in self._cancelled:
                 self._run(batch, lines)
+        except BatchExpired:
+            logger.info("batch %s expired", batch_id)
+            self._finalize(batch_id, lines, expire=True)
+            return
         except Exception as error:  # failed visibly, with the lines finished before the failure
             logger.exception("batch %s failed while running", batch_id)
             self._finalize(batch_id, lines, failure=f"The batch stopped with an error: {error}"[:1000])
@@ -218,33 +236,61 @@ class BatchRunner:
         done, sequence = self.store.results(batch_id)
         done_ids = {line["custom_id"] for line in done}
         writer = _ResultWriter(self, batch_id, sequence, counted=done)
-        allowed = batch.get("allowed_models")
         todo: Dict[str, List[InputLine]] = {}
         for line in lines:
-            if line.custom_id in done_ids:
-                continue
-            if allowed is not None and line.model not in allowed:
-                writer.add(
-                    failed_line(
-                        line.custom_id,
-                        403,
-                        f"This API key ({batch['owner']}) may not use model `{line.model}`.",
-                        "model_not_allowed",
-                        "model",
-                    )
-                )
-                continue
-            todo.setdefault(line.model, []).append(line)
+            if line.custom_id not in done_ids:
+                todo.setdefault(line.model, []).append(line)
         try:
+            # Checked as results arrive (each line is bounded by request_timeout_s), so a batch
+            # ends at most about that long after its expires_at.
+            remaining = sum(len(model_lines) for model_lines in todo.values())
+            if remaining and expired(batch):
+                raise BatchExpired()
             for model, model_lines in todo.items():
+                refusal = self._refusal(batch, model)
+                if refusal is not None:  # these lines fail alone, the others run
+                    for line in model_lines:
+                        writer.add(failed_line(line.custom_id, *refusal))
+                    remaining -= len(model_lines)
+                    continue
                 for result in self._results_from_engine(batch, model, model_lines):
                     writer.add(result)
+                    remaining -= 1
                     if batch_id in self._cancelled:
                         raise BatchCancelled()
+                    if remaining and expired(batch):
+                        raise BatchExpired()
         except BatchCancelled:
             logger.info("batch %s cancelled", batch_id)
         finally:
             writer.flush()
+
+    def _refusal(self, batch: Dict[str, Any], model: str) -> Optional[Tuple[int, str, str, str]]:
+        """Why the batch's key may not use `model` now (status, message, code, param), or None.
+
+        Keys can be reloaded while a batch waits or runs (a changed Secret), so the keys sources are
+        read again as each model's lines start: a key that lost the model, or was removed, runs no
+        more of them (lines already sent to the engine finish). Should the sources be unreadable,
+        the models the key had at creation stand, as the gateway keeps its keys on a bad document."""
+        owner = batch["owner"]
+        allowed = batch.get("allowed_models")
+        if self.api_keys is not None:
+            try:
+                current = {key.name: key for key in ApiKeyStore.from_config(self.api_keys).keys}
+            except KeysFileError as error:
+                logger.warning("batch %s: keys unreadable, using those at creation: %s", batch["id"], error)
+            else:
+                if owner not in current:
+                    return (
+                        401,
+                        f"The API key {owner!r} that created this batch no longer exists.",
+                        "invalid_api_key",
+                        "model",
+                    )
+                allowed = current[owner].allowed_models
+        if allowed is not None and model not in allowed:
+            return 403, f"This API key ({owner}) may not use model `{model}`.", "model_not_allowed", "model"
+        return None
 
     def _results_from_engine(self, batch: Dict[str, Any], model: str, lines: List[InputLine]) -> Iterable[Dict]:
         import ray.data
@@ -286,18 +332,24 @@ class BatchRunner:
                 self._metrics.record(model, owner, result["response"]["body"].get("usage"))
             yield result
 
-    def _finalize(self, batch_id: str, lines: List[InputLine], failure: Optional[str] = None) -> None:
+    def _finalize(
+        self, batch_id: str, lines: List[InputLine], failure: Optional[str] = None, expire: bool = False
+    ) -> None:
         """Join the result chunks into the output and error files (in input order) and end the batch:
-        completed, cancelled or (with a `failure`) failed, with the lines finished before that."""
+        completed, cancelled, (with a `failure`) failed, or (`expire`) expired, with the lines finished
+        before that; an expired batch's unfinished lines go to the error file as `batch_expired`."""
         with self._lock:
             batch = self.store.batch(batch_id)
             if batch["status"] in FINAL_STATUSES:
                 return
             cancelled = batch["status"] == "cancelling" or batch_id in self._cancelled
-            if not cancelled and failure is None:
+            if not cancelled and failure is None and not expire:
                 set_status(batch, "finalizing")
                 self.store.put_batch(batch)
         results, _ = self.store.results(batch_id)
+        if expire and not cancelled:
+            finished = {r["custom_id"] for r in results}
+            results += [expired_line(line.custom_id) for line in lines if line.custom_id not in finished]
         order = {line.custom_id: line.line for line in lines}
         results.sort(key=lambda r: order.get(r["custom_id"], 0))
         succeeded = [r for r in results if r["response"] and r["response"]["status_code"] == 200]
@@ -315,6 +367,8 @@ class BatchRunner:
             if failure is not None:
                 batch["errors"] = errors_list([error_item("batch_failed", failure)])
                 set_status(batch, "failed")
+            elif expire and not cancelled:
+                set_status(batch, "expired")
             else:
                 set_status(batch, "cancelled" if cancelled else "completed")
             self.store.put_batch(batch)

@@ -21,6 +21,15 @@ ERROR_TYPE_BY_STATUS = {
 }
 
 
+# Codes for the app's own exceptions that Ray Serve LLM's exception handler answers: it puts the
+# HTTP status in `code` and the exception's class name in `type`
+# (ray/llm/_internal/serve/utils/server_utils.py, get_response_for_error). Keyed by that name.
+CODE_BY_EXCEPTION_TYPE = {
+    "AdapterUnavailable": "adapter_unavailable",  # llm_serving.lora
+    "EngineUnavailable": "engine_unavailable",  # llm_serving.gateway.stream_failures
+}
+
+
 def error_body(status: int, message: str, code: Optional[str] = None, param: Optional[str] = None) -> bytes:
     return json.dumps(
         {
@@ -46,6 +55,7 @@ def openai_error_from_body(status: int, body: bytes) -> bytes:
         message = str(inner.get("message", ""))
         param = inner.get("param") if isinstance(inner.get("param"), str) else None
         code = inner.get("code") if isinstance(inner.get("code"), str) else None
+        code = code or CODE_BY_EXCEPTION_TYPE.get(str(inner.get("type")))
     elif isinstance(payload, dict) and "detail" in payload:
         message, param, code = str(payload["detail"]), None, None
     else:
