@@ -37,7 +37,7 @@ def tokens_in(data):
 
 
 def summarize(start, reads):
-    """reads: [(t, nbytes, n_events)]"""
+    """reads: [(time, bytes read, events in them, the data)], one per read."""
     times = [t - start for t, n, e, _ in reads if n]
     events = sum(e for _, _, e, _ in reads)
     distinct = 1 + sum(1 for a, b in zip(times, times[1:]) if b - a > 0.0005) if times else 0

@@ -65,6 +65,15 @@ class Clock:
         return self.at
 
 
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    """A Clock in place of `now` where the runner and the batch objects read the time."""
+    clock = Clock()
+    monkeypatch.setattr(runner_module, "now", clock)
+    monkeypatch.setattr(formats_module, "now", clock)
+    return clock
+
+
 def batch_with_lines(store, count: int, window_s: int, allowed=None):
     from llm_serving.batch.formats import batch_object, file_object, jsonl
 
@@ -99,10 +108,7 @@ def file_lines(store, file_id):
     return [json.loads(raw) for raw in store.file_content(file_id).decode().splitlines()] if file_id else []
 
 
-def test_a_batch_past_its_window_ends_expired_with_the_unrun_lines_as_batch_expired(tmp_path, monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(runner_module, "now", clock)
-    monkeypatch.setattr(formats_module, "now", clock)
+def test_a_batch_past_its_window_ends_expired_with_the_unrun_lines_as_batch_expired(tmp_path, clock):
     runner = runner_on(tmp_path, completion_window_s=60)
     batch = batch_with_lines(runner.store, 10, window_s=60)
     assert batch["expires_at"] == clock.at + 60
@@ -123,10 +129,7 @@ def test_a_batch_past_its_window_ends_expired_with_the_unrun_lines_as_batch_expi
     assert ended["request_counts"] == {"total": 10, "completed": 4, "failed": 6}
 
 
-def test_a_batch_that_finishes_in_its_window_completes(tmp_path, monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(runner_module, "now", clock)
-    monkeypatch.setattr(formats_module, "now", clock)
+def test_a_batch_that_finishes_in_its_window_completes(tmp_path, clock):
     runner = runner_on(tmp_path, completion_window_s=60)
     batch = batch_with_lines(runner.store, 4, window_s=60)
 
