@@ -162,6 +162,16 @@ def ask_alias(client: openai.OpenAI, session: Optional[str] = None, user: Option
     return variant
 
 
+def shadow_copies_by_status(app: RunningApp) -> Dict[str, float]:
+    """Shadow copies of SHADOWED by status code, summed over the gateway replicas' series."""
+    counts: Dict[str, float] = {}
+    for (name, labels), value in scrape(app).items():
+        if name == "ray_llm_serving_shadow_requests_total" and ("model", SHADOWED) in labels:
+            status = dict(labels)["status_code"]
+            counts[status] = counts.get(status, 0) + value
+    return counts
+
+
 def share_of(variants: List[str], name: str) -> float:
     return variants.count(name) / len(variants)
 
@@ -203,11 +213,34 @@ def test_shadow_copies_reach_the_shadow_engine_and_clients_never_see_them(canary
     while (engine_v2() - engine_before < 20 or copies() - copies_before < 20) and time.monotonic() < deadline:
         time.sleep(2)
     assert engine_v2() - engine_before == 20
-    shadow_series = {dict(labels).get("status_code"): value for (name, labels), value in scrape(canary.app).items()
-                     if name == "ray_llm_serving_shadow_requests_total" and ("model", SHADOWED) in labels}
-    # Once, 19 of 20 were counted after 90 s while the engine had answered all 20 (not reproduced
-    # since); the counts by status say whether a copy failed, was dropped or was never recorded.
-    assert copies() - copies_before == 20, f"shadow copies by status: {shadow_series}"
+    # The counts by status say whether a copy failed, was dropped or was never recorded (CI once
+    # counted a 500: a client's hang-up cancelled its copy; see the next test).
+    assert copies() - copies_before == 20, f"shadow copies by status: {shadow_copies_by_status(canary.app)}"
+
+
+def test_a_client_that_hangs_up_does_not_cancel_its_shadow_copy(canary):
+    """A copy is the candidate's load, not the client's: it is answered in full even when the
+    client hangs up mid-stream. (Ray Serve cancels a request's handle calls when the request is
+    cancelled; CI once counted a copy 500 when its client closed just after its stream.)"""
+    before = shadow_copies_by_status(canary.app)
+    client = canary.client()
+    hang_ups = 3
+    for _ in range(hang_ups):  # each copy generates 300 tokens, the client hangs up after 2 chunks
+        stream = client.chat.completions.create(model=SHADOWED, messages=HI, max_tokens=300, stream=True,
+                                                extra_body={"ignore_eos": True, "min_tokens": 300})
+        for seen, _chunk in enumerate(stream, start=1):
+            if seen == 2:
+                stream.close()
+                break
+
+    def new_copies() -> Dict[str, float]:
+        after = shadow_copies_by_status(canary.app)
+        return {status: after[status] - before.get(status, 0) for status in after if after[status] > before.get(status, 0)}
+
+    deadline = time.monotonic() + 90  # Ray exports metrics on an interval
+    while sum(new_copies().values()) < hang_ups and time.monotonic() < deadline:
+        time.sleep(2)
+    assert new_copies() == {"200": hang_ups}
 
 
 def test_split_without_identity_follows_the_weights(canary):

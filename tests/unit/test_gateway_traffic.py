@@ -255,6 +255,13 @@ def test_shadow_copies_beyond_the_cap_are_dropped_not_queued(tmp_path):
     assert statuses == [0] * 5 + [200] * MAX_SHADOWS_IN_FLIGHT
 
 
+def test_a_copy_cancelled_unanswered_is_counted_as_dropped_not_lost(tmp_path):
+    app, engines, exchanges = shadow_gateway(tmp_path, SHADOWED)
+    engines.hold_v2 = True  # never released: the loop's end cancels the copies, as a stopping replica does
+    assert [r.status_code for r in run_chats(app, 2)] == [200, 200]
+    assert [e.status for e in exchanges if e.shadow] == [0, 0]
+
+
 def test_shadow_model_must_be_served(tmp_path):
     bad = {"aliases": {"chat": {"variants": {"chat-v1": 1}, "shadow": {"variant": "chat-v9", "percent": 5}}}}
     with pytest.raises(ValueError, match=r"traffic\.aliases\.chat\.shadow\.variant: chat-v9 not served"):

@@ -4,6 +4,7 @@ module of the app reaches past it."""
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import inspect
 import re
@@ -85,6 +86,24 @@ def test_default_handles_are_the_handles_the_ingress_was_given():
     handles = {"m": object()}
     ingress = OpenAiIngress(handles, {"m": object()})
     assert _ray.default_handles(ingress) == handles
+
+
+def test_outside_the_request_keeps_the_request_id_but_not_the_parent_link():
+    """Handle calls made outside the request are not children Serve cancels with it (what Serve
+    keys them by: the context's internal id, when cancel_on_parent_request_cancel is set)."""
+    from ray.serve.context import _get_serve_request_context, _RequestContext
+
+    def serving_request():
+        _ray.serve_request_context.set(
+            _RequestContext(request_id="client-1", _internal_request_id="parent-1", cancel_on_parent_request_cancel=True)
+        )
+        outside = _ray.outside_the_request().run(_get_serve_request_context)
+        return outside, _get_serve_request_context()
+
+    outside, inside = contextvars.copy_context().run(serving_request)
+    assert (outside.request_id, outside.cancel_on_parent_request_cancel) == ("client-1", False)
+    assert outside._internal_request_id not in ("", "parent-1")
+    assert (inside._internal_request_id, inside.cancel_on_parent_request_cancel) == ("parent-1", True)  # untouched
 
 
 def test_our_accelerator_types_are_the_installed_rays():

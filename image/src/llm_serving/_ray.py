@@ -15,7 +15,10 @@ which must set Ray's environment before Ray is imported, imports Ray no earlier 
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import importlib
+import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
 _LLM = "ray.llm._internal.serve"
@@ -124,6 +127,11 @@ PRIVATE_NAMES: Dict[str, Tuple[str, Optional[str], str]] = {
         "global_id_manager",
         "the per-process int id vLLM needs for each loaded adapter, shared with Ray's own loader",
     ),
+    "serve_request_context": (
+        "ray.serve.context",
+        "_serve_request_context",
+        "shadow copies run outside the client's request, so Serve does not cancel them with it",
+    ),
     "HAPROXY_CONFIG_TEMPLATE": (
         "ray.serve._private.haproxy_templates",
         "HAPROXY_CONFIG_TEMPLATE",
@@ -149,6 +157,9 @@ PRIVATE_ATTRIBUTES: Tuple[Tuple[str, str, str], ...] = (
     # wrapper's `models` cache too, checked in tests/unit/test_ray_door.py: a plain name).
     (f"{_LLM}.core.server.llm_server", "LLMServer", "_load_model"),
     ("ray.serve.multiplex", "_ModelMultiplexWrapper", "_push_multiplexed_replica_info"),
+    # Replaced by outside_the_request in the request context its shadow copies run with.
+    ("ray.serve.context", "_RequestContext", "_internal_request_id"),
+    ("ray.serve.context", "_RequestContext", "cancel_on_parent_request_cancel"),
 )
 
 
@@ -245,6 +256,23 @@ def with_engine_response_hook(ingress_cls: Any) -> Any:
                 yield response
 
     return EngineResponseHook
+
+
+def outside_the_request() -> contextvars.Context:
+    """A copy of the current context in which Serve handle calls are not children of the request
+    being served. Ray Serve cancels a direct-ingress request's in-flight handle calls when that
+    request is cancelled (its client hung up, even just after its answer), so work that must
+    outlive the request (a shadow copy) runs in this context: the same request id for the logs, a
+    new internal id and no cancel-with-parent (ray/serve/_private/replica.py, _on_request_cancelled)."""
+    request_context_var = __getattr__("serve_request_context")
+    context = contextvars.copy_context()
+    current = context.get(request_context_var)
+    if current is not None:
+        detached = dataclasses.replace(
+            current, _internal_request_id=uuid.uuid4().hex, cancel_on_parent_request_cancel=False
+        )
+        context.run(request_context_var.set, detached)
+    return context
 
 
 def list_cloud_subfolders(folder_uri: str) -> List[str]:

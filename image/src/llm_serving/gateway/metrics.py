@@ -192,7 +192,7 @@ class GatewayMetrics:
             "llm_serving_shadow_requests",
             description=(
                 "Shadow copies of alias requests, by alias (model), the model that got the copy (variant) and "
-                "its status code (dropped: not sent, too many copies in flight)."
+                "its status code (dropped: not sent, too many copies in flight, or cancelled unanswered)."
             ),
             tag_keys=("model", "variant", "status_code"),
         )

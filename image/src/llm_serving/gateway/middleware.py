@@ -23,6 +23,7 @@ from typing import Awaitable, Callable, Dict, List, Optional, Set, Tuple
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llm_serving import _ray
 from llm_serving.batch.endpoints import is_batch_path
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.api_keys import ApiKey, ApiKeyStore, bearer_token
@@ -246,7 +247,10 @@ class GatewayMiddleware:
         if len(self._shadows_in_flight) >= MAX_SHADOWS_IN_FLIGHT:
             self._record(exchange)
             return
-        task = asyncio.get_running_loop().create_task(self._send_shadow(scope, body, exchange))
+        # Outside the client's request: Serve would cancel the copy's engine call with it.
+        task = asyncio.get_running_loop().create_task(
+            self._send_shadow(scope, body, exchange), context=_ray.outside_the_request()
+        )
         self._shadows_in_flight.add(task)  # a reference until done, so the task is not collected
         task.add_done_callback(self._shadows_in_flight.discard)
 
@@ -260,6 +264,10 @@ class GatewayMiddleware:
 
         try:
             await self.app(*with_body(scope, still_connected, body), exchange.observe(discard))
+        except asyncio.CancelledError:  # the replica is stopping: counted as dropped, never lost
+            exchange.status = 0
+            self._record(exchange)
+            raise
         except Exception:
             logger.warning("shadow copy to %s failed", exchange.variant, exc_info=True)
             exchange.status = exchange.status or 500
