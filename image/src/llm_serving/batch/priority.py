@@ -18,7 +18,7 @@ Where it applies (the engine replicas and the gateway are never touched):
   `worker_process_setup_hook` is no alternative: Ray 2.60 honours it only in the job's runtime env,
   ray.init's, not in a deployment's or a task's.)
 - The BatchRunner replica: only its batch thread (and the Ray Data executor threads it starts),
-  so the replica still answers the gateway's submit and cancel at full priority.
+  so the replica answers the gateway's submit and cancel at the priority Ray gave it.
 
 Linux keeps a nice value per thread (os.nice and setpriority(PRIO_PROCESS, 0) change the calling
 thread only) and a new thread starts at its creator's value, so "the whole process" means every

@@ -152,7 +152,7 @@ class BatchRunner:
 
     def _work_forever(self) -> None:
         # This thread drives Ray Data (its executor threads start from here and inherit the value);
-        # the replica's other threads answer the gateway at full priority (batch/priority.py).
+        # the replica's other threads answer the gateway at the priority Ray gave them (batch/priority.py).
         lower_thread(self.config.worker_niceness)
         while True:
             batch_id = self._queue.get()
