@@ -1,15 +1,24 @@
-"""The Batch API on the CPU: batch rows/s next to online requests/s on the same engine, and what a
-running batch does to online latency.
+"""The Batch API on the CPU: batch rows/s next to online requests/s on the same engines, and what a
+running batch does to online latency, in interleaved rounds so that one noisy minute cannot decide it.
 
 Starts `llm-serving serve` on values/dev-cpu.yaml (which enables the Batch API) with a fresh store
-(or measures a running app with --url), then prints
-  - online alone: requests/s and time-to-first-token p50/p99 of streamed chats (tiny-chat,
-    16 tokens) at a fixed concurrency,
-  - batch alone: rows/s of a chat batch of the same requests (create to completed),
-  - online during a batch: the same online load while a larger batch runs, and the TTFT p50 ratio
-    (with / without), the number batch.engine_share is there to keep small.
-Run by hand (make bench does not run it: it takes a few minutes):
-  .venv/bin/python benchmarks/batch.py [--online 80] [--concurrency 4] [--rows 400] [--engine-share 0.25]
+(or measures a running app with --url). After a warm-up, each of --rounds rounds takes three
+measurements, in an order rotated by one each round (so no measurement always runs first or right
+after a batch):
+  - alone:  streamed chats (tiny-chat, 16 tokens) at a fixed concurrency, nothing else running:
+            requests/s and time-to-first-token (TTFT) p50,
+  - during: the same online load while a batch runs (started, rows finishing, still running when
+            the load ends; it is cancelled after),
+  - batch:  rows/s of a chat batch of --rows requests with no online load (create to completed).
+Per round it prints the TTFT p50 ratio (during / alone) and the requests/s ratio (during / alone),
+the numbers batch.engine_share and batch.worker_niceness are there to keep near 1; then the median
+of the per-round values with a distribution-free 95% interval (benchmarks/trial_stats.py). A ratio
+is taken within a round, so a machine that is slower in one minute than the next moves both of its
+terms. To compare two settings (e.g. --worker-niceness 0 and 10), run twice and compare the
+intervals: the niceness is fixed per deployment (it is in the runner's runtime env).
+Run by hand (make bench does not run it; the default run takes about 10 minutes on two cores):
+  .venv/bin/python benchmarks/batch.py [--rounds 8] [--online 80] [--concurrency 4] [--rows 200]
+      [--busy-rows 1000] [--engine-share 0.25] [--worker-niceness 10]
 """
 
 from __future__ import annotations
@@ -18,21 +27,26 @@ import argparse
 import asyncio
 import io
 import json
+import math
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Set, Tuple
 
 import httpx
 import openai
+import psutil
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.e2e.dev_cpu import dev_cpu_with_keys  # noqa: E402
-from tests.e2e.servers import start_app  # noqa: E402
+from tests.e2e.servers import process_tree, start_app  # noqa: E402
+
+from benchmarks.trial_stats import median_interval, percentile, round_order  # noqa: E402
 
 API_KEY = "sk-benchmark-batch-0123456789"
 CHAT_MODEL = "tiny-chat"
@@ -46,11 +60,6 @@ def chat_body(i: int) -> dict:
         "max_tokens": MAX_TOKENS,
         "temperature": 0,
     }
-
-
-def percentile(values: List[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 async def online_load(url: str, count: int, concurrency: int) -> Tuple[float, List[float]]:
@@ -99,47 +108,153 @@ def wait(client: openai.OpenAI, batch_id: str, until=("completed", "failed", "ca
         time.sleep(0.2)
 
 
-def run(url: str, args) -> None:
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
-    asyncio.run(online_load(url, 8, args.concurrency))  # warm-up
-    rps, alone = asyncio.run(online_load(url, args.online, args.concurrency))
-    print(f"online alone        {rps:7.1f} requests/s   TTFT p50 {statistics.median(alone):6.1f} ms   "
-          f"p99 {percentile(alone, 0.99):6.1f} ms   (n={len(alone)}, concurrency {args.concurrency})", flush=True)
+# After a cancelled batch, Ray Data's actor and tasks wind down; the next measurement waits this long.
+SETTLE_S = 2.0
 
+
+@dataclass
+class Round:
+    number: int
+    order: List[str]
+    alone_rps: float = math.nan
+    alone_ttft_p50: float = math.nan
+    during_rps: float = math.nan
+    during_ttft_p50: float = math.nan
+    during_ttft_p99: float = math.nan
+    batch_rows_per_s: float = math.nan
+    note: str = ""
+
+    @property
+    def ttft_ratio(self) -> float:
+        return self.during_ttft_p50 / self.alone_ttft_p50
+
+    @property
+    def rps_ratio(self) -> float:
+        return self.during_rps / self.alone_rps
+
+
+def batch_worker_niceness(app_pid: Optional[int]) -> Set[int]:
+    """The nice values of the threads of Ray Data's batch workers running now (started app only)."""
+    values: Set[int] = set()
+    if app_pid is None:
+        return values
+    for process in process_tree(app_pid):
+        try:
+            if " ".join(process.cmdline()).startswith(("ray::MapWorker(", "ray::Map(_postprocess)")):
+                values.update(psutil.Process(thread.id).nice() for thread in process.threads())
+        except psutil.Error:
+            continue
+    return values
+
+
+def measure_alone(url: str, args, trial: Round) -> None:
+    rps, ttfts = asyncio.run(online_load(url, args.online, args.concurrency))
+    trial.alone_rps, trial.alone_ttft_p50 = rps, statistics.median(ttfts)
+
+
+def measure_during(url: str, client: openai.OpenAI, args, trial: Round, app_pid: Optional[int],
+                   niceness_seen: Set[int]) -> None:
+    busy = start_batch(client, args.busy_rows, 100_000 * (trial.number + 1))
+    try:
+        while client.batches.retrieve(busy).request_counts.completed == 0:  # Ray Data is up, rows flow
+            time.sleep(0.1)
+        niceness_seen.update(batch_worker_niceness(app_pid))
+        rps, ttfts = asyncio.run(online_load(url, args.online, args.concurrency))
+        still = client.batches.retrieve(busy)
+    finally:
+        if client.batches.retrieve(busy).status in ("validating", "in_progress"):
+            client.batches.cancel(busy)
+        wait(client, busy, until=("completed", "failed", "cancelled", "expired"))
+        time.sleep(SETTLE_S)
+    if still.status != "in_progress":  # the batch ended before the load did: not a "during" trial
+        trial.note = f"batch {still.status} before the online load ended; --busy-rows too small"
+        return
+    trial.during_rps, trial.during_ttft_p50 = rps, statistics.median(ttfts)
+    trial.during_ttft_p99 = percentile(ttfts, 99)
+
+
+def measure_batch(client: openai.OpenAI, args, trial: Round) -> None:
     started = time.perf_counter()
-    batch = wait(client, start_batch(client, args.rows, 0))
+    batch = wait(client, start_batch(client, args.rows, 200_000 * (trial.number + 1)))
     elapsed = time.perf_counter() - started
     assert batch.status == "completed" and batch.request_counts.completed == args.rows, batch
-    print(f"batch alone         {args.rows / elapsed:7.1f} rows/s       ({args.rows} rows in {elapsed:.1f} s, "
-          f"create to completed)", flush=True)
+    trial.batch_rows_per_s = args.rows / elapsed
 
-    # A batch big enough to outlast the online load, running before the load starts.
-    busy = start_batch(client, args.rows * 4, 100_000)
-    wait(client, busy, until=("in_progress",))
-    while client.batches.retrieve(busy).request_counts.completed == 0:
-        time.sleep(0.1)
-    rps_during, during = asyncio.run(online_load(url, args.online, args.concurrency))
-    still_running = client.batches.retrieve(busy)
-    print(f"online during batch {rps_during:7.1f} requests/s   TTFT p50 {statistics.median(during):6.1f} ms   "
-          f"p99 {percentile(during, 0.99):6.1f} ms   (batch still {still_running.status}, "
-          f"{still_running.request_counts.completed} rows done)", flush=True)
-    print(f"TTFT p50 ratio (during / alone): {statistics.median(during) / statistics.median(alone):.2f}   "
-          f"throughput ratio: {rps_during / rps:.2f}", flush=True)
-    client.batches.cancel(busy)
-    wait(client, busy)
+
+COLUMNS = ("round", "order", "alone req/s", "alone TTFT p50", "during req/s", "during TTFT p50",
+           "TTFT ratio", "req/s ratio", "batch rows/s")
+WIDTHS = tuple(max(len(name), 18 if name == "order" else 0) for name in COLUMNS)
+
+
+def print_round(trial: Round) -> None:
+    cells = (f"{trial.number}", "/".join(trial.order), f"{trial.alone_rps:.1f}", f"{trial.alone_ttft_p50:.1f} ms",
+             f"{trial.during_rps:.1f}", f"{trial.during_ttft_p50:.1f} ms", f"{trial.ttft_ratio:.2f}",
+             f"{trial.rps_ratio:.2f}", f"{trial.batch_rows_per_s:.1f}")
+    print("  ".join(f"{cell:>{width}}" for cell, width in zip(cells, WIDTHS, strict=True))
+          + (f"  ({trial.note})" if trial.note else ""), flush=True)
+
+
+def summarize(rounds: List[Round]) -> None:
+    def line(name: str, values: List[float], unit: str = "") -> None:
+        interval = median_interval(values)
+        print(f"  {name:<24} {interval}{unit}   (n={interval.n}, coverage {interval.coverage:.1%})")
+
+    print("median of the rounds [distribution-free 95% interval of the median; with fewer than 6 rounds "
+          "it is min..max, with the coverage shown]:")
+    line("TTFT p50 ratio", [r.ttft_ratio for r in rounds])
+    line("req/s ratio", [r.rps_ratio for r in rounds])
+    line("online alone req/s", [r.alone_rps for r in rounds])
+    line("online alone TTFT p50", [r.alone_ttft_p50 for r in rounds], " ms")
+    line("online during req/s", [r.during_rps for r in rounds])
+    line("online during TTFT p50", [r.during_ttft_p50 for r in rounds], " ms")
+    line("online during TTFT p99", [r.during_ttft_p99 for r in rounds], " ms")
+    line("batch alone rows/s", [r.batch_rows_per_s for r in rounds])
+
+
+def run(url: str, args, app_pid: Optional[int] = None) -> None:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
+    asyncio.run(online_load(url, 8, args.concurrency))  # warm-up: the engines' first requests
+    wait(client, start_batch(client, 8, 900_000))  # and Ray Data's first dataset
+    print(f"{args.rounds} rounds of {args.online} online requests at concurrency {args.concurrency}; "
+          f"batches of {args.rows} rows (alone) and {args.busy_rows} rows (during, cancelled after)", flush=True)
+    print("  ".join(f"{name:>{width}}" for name, width in zip(COLUMNS, WIDTHS, strict=True)), flush=True)
+    rounds: List[Round] = []
+    niceness_seen: Set[int] = set()
+    for number in range(args.rounds):
+        trial = Round(number, round_order(["alone", "during", "batch"], number))
+        for measurement in trial.order:
+            if measurement == "alone":
+                measure_alone(url, args, trial)
+            elif measurement == "during":
+                measure_during(url, client, args, trial, app_pid, niceness_seen)
+            else:
+                measure_batch(client, args, trial)
+        print_round(trial)
+        rounds.append(trial)
+    summarize(rounds)
+    if app_pid is not None:
+        print(f"nice values of Ray Data's batch worker threads seen during the batches: {sorted(niceness_seen)}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="measure a running app at this base URL (needs `batch:` configured)")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds of the three measurements")
     parser.add_argument("--online", type=int, default=80, help="online requests per measurement")
     parser.add_argument("--concurrency", type=int, default=4, help="online requests in flight")
-    parser.add_argument("--rows", type=int, default=400, help="rows of the measured batch")
+    parser.add_argument("--rows", type=int, default=200, help="rows of the batch measured alone")
+    parser.add_argument("--busy-rows", type=int, default=1000,
+                        help="rows of the batch running during the online load (it must outlast the load)")
     parser.add_argument(
         "--engine-share", type=float, help="batch.engine_share of the started app (default: dev-cpu's)"
     )
+    parser.add_argument(
+        "--worker-niceness", type=int, help="batch.worker_niceness of the started app (default: the app's, 10)"
+    )
     args = parser.parse_args()
     if args.url:
+        if args.engine_share is not None or args.worker_niceness is not None:
+            parser.error("--engine-share and --worker-niceness configure a started app; not with --url")
         run(args.url, args)
         return 0
     with tempfile.TemporaryDirectory() as work:
@@ -149,13 +264,17 @@ def main() -> int:
         app_args = dev_cpu_with_keys(keys)  # its Batch API store beside the keys file, in work_dir
         if args.engine_share is not None:
             app_args["batch"]["engine_share"] = args.engine_share
+        if args.worker_niceness is not None:
+            app_args["batch"]["worker_niceness"] = args.worker_niceness
         config = work_dir / "app.yaml"
         config.write_text(yaml.safe_dump(app_args))
         share = app_args["batch"]["engine_share"]
-        print(f"starting llm-serving (dev-cpu with the Batch API, engine_share {share}) ...", flush=True)
+        niceness = app_args["batch"].get("worker_niceness", "(the app's default)")
+        print(f"starting llm-serving (dev-cpu with the Batch API, engine_share {share}, "
+              f"worker_niceness {niceness}) ...", flush=True)
         app = start_app(config, work_dir / "serve.log")
         try:
-            run(app.base_url, args)
+            run(app.base_url, args, app.process.pid)
         finally:
             app.stop()
     return 0

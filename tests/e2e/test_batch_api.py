@@ -1,7 +1,7 @@
 """The OpenAI Batch API on the shared dev-cpu instance (values/dev-cpu.yaml enables it), through
 the official openai client: files, batches run by Ray Data on the app's own engines, answers equal
-to the online ones, per-line errors, validation failures, cancel with partial output, and another
-key seeing none of it."""
+to the online ones, per-line errors, validation failures, cancel with partial output, another key
+seeing none of it, and Ray Data's workers running at a lower CPU priority than the engines."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import openai
+import psutil
 import pytest
 import yaml
 
 from tests.e2e.dev_cpu import CHAT_MODEL, EMBED_MODEL
+from tests.e2e.servers import process_tree
 
 LINES = 200
 MAX_TOKENS = 16
@@ -256,3 +258,80 @@ def test_cancel_mid_way_keeps_the_finished_lines(client):
     assert batch.request_counts.completed == len(output) and batch.request_counts.total == len(lines)
     for custom_id, entry in output.items():
         assert custom_id.startswith("long-") and entry["response"]["body"]["usage"]["completion_tokens"] == 128
+
+
+def thread_niceness(process: psutil.Process) -> set:
+    """The nice values of a process's threads (Linux keeps one per thread)."""
+    values = set()
+    for thread in process.threads():
+        try:
+            values.add(psutil.Process(thread.id).nice())
+        except psutil.Error:  # the thread ended meanwhile
+            continue
+    return values
+
+
+BATCH_WORKER_TITLES = ("ray::MapWorker(", "ray::Map(_postprocess)")
+
+
+def niceness_by_process(gateway) -> dict:
+    """{(pid, title): nice values of its threads} of the app's processes, Ray Data's batch workers
+    under their title's first word."""
+    found = {}
+    for process in process_tree(gateway.process.pid):
+        try:
+            title = " ".join(process.cmdline()).strip()
+            key = title.split("(")[0] if title.startswith(BATCH_WORKER_TITLES) else title
+            found.setdefault(key, {})[process.pid] = (process.nice(), thread_niceness(process))
+        except psutil.Error:  # a task worker that ended meanwhile
+            continue
+    return found
+
+
+def test_ray_data_workers_give_way_to_online_work(gateway, client):
+    """While a batch runs, every thread of Ray Data's map actor (which sends rows to the engines) and
+    of its postprocess workers runs at batch.worker_niceness (19 by default, below the 15 Ray starts
+    its workers at); the engine replicas, their vLLM processes and the gateway keep the values they
+    had before the batch, and the runner replica lowers only its batch thread."""
+    before = niceness_by_process(gateway)
+    # Long enough to outlast the sampling (it is cancelled after).
+    lines = [line(f"nice-{i}", "/v1/chat/completions", chat_body(i, max_tokens=128, ignore_eos=True)) for i in range(1000)]
+    batch = client.batches.create(input_file_id=upload(client, lines), endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    try:
+        deadline = time.monotonic() + BATCH_TIMEOUT_S
+        while client.batches.retrieve(batch.id).request_counts.completed == 0:
+            assert time.monotonic() < deadline, "no line finished"
+            time.sleep(0.2)
+        samples = []
+        sampled_until = time.monotonic() + 5
+        while time.monotonic() < sampled_until:
+            samples.append(niceness_by_process(gateway))
+            time.sleep(0.2)
+    finally:
+        if client.batches.retrieve(batch.id).status == "in_progress":
+            client.batches.cancel(batch.id)
+        batch = wait_until_done(client, batch.id, timeout_s=120)
+    assert batch.status == "cancelled", "the batch ended while its workers were sampled; make it longer"
+    batch_workers = {title: set().union(*(values for sample in samples for _, values in sample.get(title, {}).values()))
+                     for title in ("ray::MapWorker", "ray::Map")}
+    print(f"\nbatch workers' thread nice values: {batch_workers}")
+    assert batch_workers["ray::MapWorker"] == {19}, batch_workers  # seen, and every thread lowered
+    assert batch_workers["ray::Map"] <= {19}, batch_workers  # postprocess tasks, when one was caught
+    runner = [title for title in before if title.startswith("ray::ServeReplica:") and ":BatchRunner" in title]
+    assert len(runner) == 1, before
+    (runner_main_before, _), = before[runner[0]].values()
+    assert runner_main_before != 19, before[runner[0]]
+    for sample in samples:
+        (main, threads), = sample[runner[0]].values()
+        assert main == runner_main_before and 19 in threads, (runner[0], main, threads)
+    # Idle Ray workers are left out: one of the batch's pool may have run a postprocess task.
+    others = [title for title in before
+              if title and title not in batch_workers and title not in runner and not title.startswith("ray::IDLE")]
+    assert sum("GatewayLLMServer" in title for title in others) >= 2, others  # both engines are looked at
+    for title in others:
+        for sample in samples:
+            for pid, (main, threads) in sample.get(title, {}).items():
+                if pid in before[title]:  # the same process: no thread of it changed to a new value
+                    assert main == before[title][pid][0] and threads <= before[title][pid][1], (title, pid)
+                    assert 19 not in threads, (title, pid, threads)

@@ -42,6 +42,29 @@ def test_invalid_args_name_the_key_and_the_fix(args, expected):
         parse_app_config(args)
 
 
+def with_batch(**batch):
+    return {**minimal(), "batch": {"store_uri": "/data/batch", **batch}}
+
+
+def test_batch_workers_run_at_niceness_19_unless_told():
+    assert parse_app_config(with_batch()).batch.worker_niceness == 19
+    assert parse_app_config(with_batch(worker_niceness=0)).batch.worker_niceness == 0
+    assert parse_app_config(with_batch(worker_niceness=19)).batch.worker_niceness == 19
+
+
+@pytest.mark.parametrize(
+    "niceness, expected",
+    [
+        (20, r"args\.batch\.worker_niceness: Input should be less than or equal to 19"),
+        (-1, r"args\.batch\.worker_niceness: Input should be greater than or equal to 0"),
+        (2.5, r"args\.batch\.worker_niceness: Input should be a valid integer"),
+    ],
+)
+def test_batch_worker_niceness_outside_0_to_19_names_the_key(niceness, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse_app_config(with_batch(worker_niceness=niceness))
+
+
 def test_gpu_model_reserves_one_bundle_per_tensor_parallel_rank():
     config = parse_app_config(minimal(tensor_parallel_size=4, accelerator_type="L40S"))
     llm_config = to_llm_config("chat", config.models["chat"])

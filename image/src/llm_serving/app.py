@@ -16,6 +16,7 @@ from llm_serving._ray import (
     to_model_metadata,
     with_ingress_request_router,
 )
+from llm_serving.batch.priority import BATCH_WORKER_NICENESS_ENV
 from llm_serving.batch.runner import BatchRunner
 from llm_serving.config import AppConfig, LoraConfig, ModelConfig, parse_app_config
 from llm_serving.engine_args import engine_kwargs, gpu_bundle, model_feature_runtime_env
@@ -181,7 +182,14 @@ def build_batch_runner(config: AppConfig, llm_deployments: Dict[str, Application
     # (ray/llm/_internal/batch/stages/serve_deployment_stage.py, in the actor's __init__), which a
     # handle whose router shares the caller's loop refuses: RAY_SERVE_THROUGHPUT_OPTIMIZED (which
     # `llm-serving serve` and the chart set) turns that sharing on (ray/serve/_private/constants.py).
-    runtime_env = {"env_vars": {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}}
+    # BATCH_WORKER_NICENESS_ENV: the nice value those workers take (batch/priority.py); it also keeps
+    # them in a worker pool of their own, as Ray reuses a worker only within one runtime env.
+    runtime_env = {
+        "env_vars": {
+            "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
+            BATCH_WORKER_NICENESS_ENV: str(config.batch.worker_niceness),
+        }
+    }
     # The runner reads the keys sources itself as a batch's lines start (a reloaded key applies).
     auth = config.gateway.auth
     api_keys = auth.api_keys.model_dump() if auth.mode == "api_key" else None

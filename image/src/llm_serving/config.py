@@ -574,6 +574,18 @@ class BatchConfig(StrictModel):
     request_timeout_s: float = Field(
         600, gt=0, description="Longest one batch request may take; a slower one fails that line only."
     )
+    worker_niceness: int = Field(
+        19,
+        ge=0,
+        le=19,
+        description=(
+            "Nice value (0-19) of the batch pipeline's threads (Ray Data's workers, the runner's batch thread), "
+            "so online requests get the CPU first while a batch runs; the engines and the gateway keep theirs. "
+            "Ray itself starts its workers at 15 (RAY_worker_niceness), engines included, so only 16-19 put "
+            "batch work below them; lower values leave those threads at 15. An idle machine still gives batch "
+            "work every core. 0: no change."
+        ),
+    )
     completion_window_s: int = Field(
         24 * 3600,
         ge=1,

@@ -14,6 +14,7 @@ app's own engine deployments (the same LLMServer replicas online requests use).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ from llm_serving.batch.formats import (
     parse_input_file,
     set_status,
 )
+from llm_serving.batch.priority import lower_batch_worker_once, lower_thread
 from llm_serving.batch.store import BatchStore, NotFound
 from llm_serving.config import ApiKeysConfig, BatchConfig
 from llm_serving.gateway.api_keys import ApiKeyStore, KeysFileError
@@ -149,6 +151,9 @@ class BatchRunner:
                 self._enqueue(batch["id"])
 
     def _work_forever(self) -> None:
+        # This thread drives Ray Data (its executor threads start from here and inherit the value);
+        # the replica's other threads answer the gateway at the priority Ray gave them (batch/priority.py).
+        lower_thread(self.config.worker_niceness)
         while True:
             batch_id = self._queue.get()
             with self._lock:
@@ -314,13 +319,7 @@ class BatchRunner:
                 should_continue_on_error=True,
                 request_timeout_s=self.config.request_timeout_s,
             ),
-            preprocess=lambda row: {
-                "method": method,
-                "dtype": dtype,
-                "request_kwargs": {**json.loads(row["body"]), "stream": False}
-                if method != "embeddings"
-                else json.loads(row["body"]),
-            },
+            preprocess=functools.partial(_request_of_row, method=method, dtype=dtype),
             postprocess=_result_of_row,
         )
         rows = [{"custom_id": line.custom_id, "body": json.dumps(line.body)} for line in lines]
@@ -395,8 +394,22 @@ class BatchRunner:
                 self.store.put_batch(batch)
 
 
+def _request_of_row(row: Dict[str, Any], method: str, dtype: str) -> Dict[str, Any]:
+    """An input row as the engine call the Serve deployment stage makes. Runs in Ray Data's map
+    actor (fused with that stage), which it lowers to batch.worker_niceness on its first row."""
+    lower_batch_worker_once()
+    body = json.loads(row["body"])
+    return {
+        "method": method,
+        "dtype": dtype,
+        "request_kwargs": {**body, "stream": False} if method != "embeddings" else body,
+    }
+
+
 def _result_of_row(row: Dict[str, Any]) -> Dict[str, Any]:
-    """A processed row as the batch's result line (a JSON string: rows stay flat for Arrow)."""
+    """A processed row as the batch's result line (a JSON string: rows stay flat for Arrow). Runs
+    in Ray Data's postprocess tasks, whose worker it lowers to batch.worker_niceness once."""
+    lower_batch_worker_once()
     error = row.get("__inference_error__") or ""
     custom_id = row["custom_id"]
     if error:
