@@ -114,10 +114,18 @@ def test_a_named_tool_choice_returns_that_call_with_arguments_valid_for_its_sche
 
 
 def test_a_named_tool_choice_streams_the_arguments_in_deltas(chat):
-    (call,) = streamed_tool_calls(chat(tools=TOOLS, tool_choice=named("get_weather"), stream=True))
-    assert call["id"] and call["name"] == "get_weather"
-    assert call["fragments"] > 1, "the arguments came in one piece, not streamed"
-    jsonschema.validate(json.loads(call["arguments"]), WEATHER_ARGS)
+    # vLLM merges the outputs a starved reader has not taken yet into one event (a loaded machine),
+    # so the arguments must come in several deltas in one of three streams; a buffering server
+    # fails all three.
+    fragments = []
+    for _ in range(3):
+        (call,) = streamed_tool_calls(chat(tools=TOOLS, tool_choice=named("get_weather"), stream=True))
+        assert call["id"] and call["name"] == "get_weather"
+        jsonschema.validate(json.loads(call["arguments"]), WEATHER_ARGS)
+        fragments.append(call["fragments"])
+        if call["fragments"] > 1:
+            break
+    assert max(fragments) > 1, f"the arguments came in one piece in each stream ({fragments} fragments)"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])

@@ -300,8 +300,8 @@ def case_disconnects(instance: Instance) -> FaultResult:
     result = FaultResult(
         fault=f"{DISCONNECTING_CLIENTS} streaming clients disconnect mid-stream",
         sent=DISCONNECTING_CLIENTS, failed=0,
-        bound=("no request runs to its end; engine running gauge 0 and token counter still within 20 s;"
-               " key's 50 slots free within 5 s"),
+        bound=("no request runs to its end; key's 50 slots free within 5 s; engine running gauge 0 and"
+               " token counter still within 20 s each"),
     )
     assert wait_until(lambda: engine_metric(instance, running, CHAT) == 0, 60) is not None, "engine busy before"
     tokens_before = engine_metric(instance, generated, CHAT)
@@ -337,23 +337,23 @@ def case_disconnects(instance: Instance) -> FaultResult:
     result.failed = len(unexpected)
     result.check(not unexpected, f"streams failed before the clients hung up: {Counter(unexpected)}")
 
-    # The key's slots: all 50 usable again at once (each a one-token request, all in parallel).
-    def slots_free() -> bool:
-        with ThreadPoolExecutor(DISCONNECTING_CLIENTS) as pool:
-            answers = list(pool.map(lambda _: short_request(client)[0], range(DISCONNECTING_CLIENTS)))
-        result.clients_saw.update(f"after: {a}" for a in answers)
-        return all(a == "200" for a in answers)
-
-    slots_s = wait_until(slots_free, 30, interval_s=0.2)
-    result.check(slots_s is not None and slots_s <= 5, f"key's concurrency slots not free within 5 s ({slots_s})")
-    stopped_s = wait_until(lambda: engine_metric(instance, running, CHAT) == 0, 60)
-    result.recovery_s = None if stopped_s is None else time.monotonic() - disconnected_at
-    result.check(stopped_s is not None and result.recovery_s <= 20,
-                 f"vLLM still running requests {result.recovery_s} s after the disconnects")
-    # The counter stops: equal across two scrapes two export intervals apart, within 20 s of the
-    # disconnects. Waited for, not read once: the gauge and the counter reach the scrape through
-    # separate exports, so the gauge can read 0 one export before the last tokens are counted
-    # (CI saw 3470 -> 3494 on one read).
+    # The key's slots: free within 5 s of the hang-ups (the key's in-flight count in Redis back to
+    # 0), then usable: 50 one-token requests at once, all admitted. Timed on the count, not on the 50
+    # requests, which alone can take longer than 5 s on a loaded machine.
+    freed_s = wait_until(lambda: instance.redis.in_flight("slots") == 0, 5, interval_s=0.1)
+    result.check(freed_s is not None,
+                 f"key's concurrency slots not free within 5 s ({instance.redis.in_flight('slots')} still in flight)")
+    with ThreadPoolExecutor(DISCONNECTING_CLIENTS) as pool:
+        answers = list(pool.map(lambda _: short_request(client)[0], range(DISCONNECTING_CLIENTS)))
+    result.clients_saw.update(f"after: {a}" for a in answers)
+    result.check(all(a == "200" for a in answers), f"the key's 50 slots, free, did not admit 50: {Counter(answers)}")
+    # The engine: its running gauge 0 and its token counter still, each within 20 s of the slot
+    # checks (the last requests it had to run). Waited for, not read once: the gauge and the counter
+    # reach the scrape through separate exports, so the gauge can read 0 one export before the last
+    # tokens are counted (CI saw 3470 -> 3494 on one read).
+    stopped_s = wait_until(lambda: engine_metric(instance, running, CHAT) == 0, 20)
+    result.recovery_s = time.monotonic() - disconnected_at
+    result.check(stopped_s is not None, "vLLM still running requests 20 s after the last slot check")
     scrapes = [engine_metric(instance, generated, CHAT)]
 
     def counter_still() -> bool:
@@ -361,9 +361,9 @@ def case_disconnects(instance: Instance) -> FaultResult:
         scrapes.append(engine_metric(instance, generated, CHAT))
         return scrapes[-1] == scrapes[-2]
 
-    still_s = wait_until(counter_still, max(1.0, 20 - (time.monotonic() - disconnected_at)), interval_s=0)
+    still_s = wait_until(counter_still, 20, interval_s=0)
     result.check(still_s is not None,
-                 f"generated tokens still growing 20 s after the disconnects ({' -> '.join(map(str, scrapes))})")
+                 f"generated tokens still growing 20 s after the gauge read 0 ({' -> '.join(map(str, scrapes))})")
     # The engine aborted the gone clients' requests: none ran to its end (counted per request by
     # vLLM; the token total is printed too, it includes what was generated before each hang-up).
     spent = scrapes[-1] - tokens_before - DISCONNECTING_CLIENTS * 2  # minus the slot checks' tokens (2 each, at most)
@@ -472,7 +472,9 @@ def case_limits_store_down(instance: Instance, per_phase: int = 20) -> FaultResu
     result.recovery_s = time.monotonic() - restarted  # every request of this phase was counted (checked below)
     result.check(instance.redis.counted_requests("counted") == per_phase,
                  f"after Redis came back {instance.redis.counted_requests('counted')} of {per_phase} were counted")
-    result.check(instance.redis.in_flight("counted") == 0, "concurrency count not back to 0")
+    # Settled after each response's last byte: waited for, not read once.
+    result.check(wait_until(lambda: instance.redis.in_flight("counted") == 0, 5, interval_s=0.1) is not None,
+                 "concurrency count not back to 0 within 5 s")
     time.sleep(2 * METRICS_EXPORT_MS / 1000 + 1)  # whatever phase 3 added has been exported
     seen = total(scrape(instance.app), uncounted, api_key="counted") - metric_before
     result.check(uncounted_while_down is not None and seen == per_phase,
