@@ -427,6 +427,7 @@ def case_overload(instance: Instance, clients: int = 40) -> FaultResult:
     result.failed = clients - len(served) - len(refused)
     result.check(result.failed == 0, "clients saw something other than 200 or a refusal with Retry-After")
     result.check(len(served) >= SMALL_ROOM, f"only {len(served)} admitted requests finished (room for {SMALL_ROOM})")
+    result.check(bool(refused), f"none of {clients} clients was refused: the model was never overloaded")
     result.check(not refused or max(refused) < 5, f"refusals took up to {max(refused or [0]):.1f} s")
     grown_mb = (peak - baseline) / 2**20
     result.fault += (f" (gateway RSS {baseline / 2**20:.0f} -> peak {peak / 2**20:.0f} MB; refusals in "
