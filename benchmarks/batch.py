@@ -44,7 +44,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.e2e.dev_cpu import dev_cpu_with_keys  # noqa: E402
-from tests.e2e.servers import process_tree, start_app  # noqa: E402
+from tests.e2e.servers import BATCH_WORKER_TITLES, process_tree, start_app, thread_niceness  # noqa: E402
 
 from benchmarks.trial_stats import median_interval, percentile, round_order  # noqa: E402
 
@@ -140,8 +140,8 @@ def batch_worker_niceness(app_pid: Optional[int]) -> Set[int]:
         return values
     for process in process_tree(app_pid):
         try:
-            if " ".join(process.cmdline()).startswith(("ray::MapWorker(", "ray::Map(_postprocess)")):
-                values.update(psutil.Process(thread.id).nice() for thread in process.threads())
+            if " ".join(process.cmdline()).startswith(BATCH_WORKER_TITLES):
+                values.update(thread_niceness(process))
         except psutil.Error:
             continue
     return values
@@ -249,7 +249,7 @@ def main() -> int:
         "--engine-share", type=float, help="batch.engine_share of the started app (default: dev-cpu's)"
     )
     parser.add_argument(
-        "--worker-niceness", type=int, help="batch.worker_niceness of the started app (default: the app's, 10)"
+        "--worker-niceness", type=int, help="batch.worker_niceness of the started app (default: the app's, 19)"
     )
     args = parser.parse_args()
     if args.url:

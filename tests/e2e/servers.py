@@ -76,6 +76,22 @@ def process_tree(pid: int) -> List[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
+def thread_niceness(process: psutil.Process) -> set:
+    """The nice values of a process's threads (Linux keeps one per thread)."""
+    values = set()
+    for thread in process.threads():
+        try:
+            values.add(psutil.Process(thread.id).nice())
+        except psutil.Error:  # the thread ended meanwhile
+            continue
+    return values
+
+
+# Process titles of Ray Data's batch workers: the map actor that sends rows to the engines, and the
+# postprocess tasks.
+BATCH_WORKER_TITLES = ("ray::MapWorker(", "ray::Map(_postprocess)")
+
+
 def listeners(processes: List[psutil.Process]) -> Dict[Tuple[str, int], str]:
     """{(ip, port): "name[pid]"} of the TCP sockets the processes listen on."""
     names = {}

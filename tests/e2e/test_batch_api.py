@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.e2e.dev_cpu import CHAT_MODEL, EMBED_MODEL
-from tests.e2e.servers import process_tree
+from tests.e2e.servers import BATCH_WORKER_TITLES, process_tree, thread_niceness
 
 LINES = 200
 MAX_TOKENS = 16
@@ -260,20 +260,6 @@ def test_cancel_mid_way_keeps_the_finished_lines(client):
     assert batch.request_counts.completed == len(output) and batch.request_counts.total == len(lines)
     for custom_id, entry in output.items():
         assert custom_id.startswith("long-") and entry["response"]["body"]["usage"]["completion_tokens"] == 128
-
-
-def thread_niceness(process: psutil.Process) -> set:
-    """The nice values of a process's threads (Linux keeps one per thread)."""
-    values = set()
-    for thread in process.threads():
-        try:
-            values.add(psutil.Process(thread.id).nice())
-        except psutil.Error:  # the thread ended meanwhile
-            continue
-    return values
-
-
-BATCH_WORKER_TITLES = ("ray::MapWorker(", "ray::Map(_postprocess)")
 
 
 def niceness_by_process(gateway) -> dict:

@@ -108,16 +108,21 @@ def file_lines(store, file_id):
     return [json.loads(raw) for raw in store.file_content(file_id).decode().splitlines()] if file_id else []
 
 
+def window_passes_after(clock, answered: int, window_s: int):
+    """The runner's after_each hook that moves the clock past a batch's window once `answered` lines are done."""
+    def hook(done: int) -> None:
+        if done == answered:
+            clock.at += window_s + 1
+
+    return hook
+
+
 def test_a_batch_past_its_window_ends_expired_with_the_unrun_lines_as_batch_expired(tmp_path, clock):
     runner = runner_on(tmp_path, completion_window_s=60)
     batch = batch_with_lines(runner.store, 10, window_s=60)
     assert batch["expires_at"] == clock.at + 60
 
-    def the_window_passes_while_the_fourth_line_runs(answered):
-        if answered == 3:
-            clock.at += 61
-
-    runner.after_each = the_window_passes_while_the_fourth_line_runs
+    runner.after_each = window_passes_after(clock, answered=3, window_s=60)  # while the fourth line runs
     runner._process(batch["id"])
     ended = runner.store.batch(batch["id"])
     assert ended["status"] == "expired" and ended["expired_at"] == clock.at
@@ -133,11 +138,7 @@ def test_a_batch_that_finishes_in_its_window_completes(tmp_path, clock):
     runner = runner_on(tmp_path, completion_window_s=60)
     batch = batch_with_lines(runner.store, 4, window_s=60)
 
-    def the_window_passes_after_the_last_line(answered):
-        if answered == 4:
-            clock.at += 61
-
-    runner.after_each = the_window_passes_after_the_last_line
+    runner.after_each = window_passes_after(clock, answered=4, window_s=60)  # after the last line
     runner._process(batch["id"])
     ended = runner.store.batch(batch["id"])
     assert ended["status"] == "completed" and ended["request_counts"] == {"total": 4, "completed": 4, "failed": 0}
