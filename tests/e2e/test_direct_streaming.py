@@ -12,7 +12,7 @@ import yaml
 
 from tests.e2e.dev_cpu import CHAT_MODEL, FULL_KEY, KEYS_DOCUMENT, dev_cpu_with_keys
 from tests.e2e.servers import start_app
-from tests.e2e.stream_reads import stream_reads
+from tests.e2e.stream_reads import bunched_up, stream_reads
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +53,7 @@ def test_chat_and_streaming_through_the_in_replica_gateway(direct):
 def test_a_stream_arrives_in_many_reads_through_haproxy(direct, client_name):
     # Issue 17: aiohttp was seen getting whole streams in one read here (see tests/e2e/stream_reads.py)
     seen = asyncio.run(stream_reads(client_name, direct.api_url, FULL_KEY, CHAT_MODEL))
-    assert seen[-1].streamed(), "every stream arrived bunched up:\n" + "\n".join(map(str, seen))
+    assert seen[-1].streamed(), bunched_up(seen)
 
 
 def test_auth_and_errors_hold_on_the_fast_path(direct):

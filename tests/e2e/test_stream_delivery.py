@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tests.e2e.dev_cpu import CHAT_MODEL, FULL_KEY
-from tests.e2e.stream_reads import stream_reads
+from tests.e2e.stream_reads import bunched_up, stream_reads
 
 pytestmark = pytest.mark.e2e
 
@@ -15,4 +15,4 @@ pytestmark = pytest.mark.e2e
 @pytest.mark.parametrize("client_name", ["aiohttp", "httpx"])
 def test_a_stream_arrives_in_many_reads_through_the_gateway(gateway, client_name):
     seen = asyncio.run(stream_reads(client_name, gateway.api_url, FULL_KEY, CHAT_MODEL))
-    assert seen[-1].streamed(), "every stream arrived bunched up:\n" + "\n".join(map(str, seen))
+    assert seen[-1].streamed(), bunched_up(seen)
