@@ -11,14 +11,15 @@ after a batch):
             the load ends; it is cancelled after),
   - batch:  rows/s of a chat batch of --rows requests with no online load (create to completed).
 Per round it prints the TTFT p50 ratio (during / alone) and the requests/s ratio (during / alone),
-the numbers batch.engine_share and batch.worker_niceness are there to keep near 1; then the median
+the numbers batch.engine_share, batch.worker_niceness and batch.max_rows_per_s are there to keep
+near 1; then the median
 of the per-round values with a distribution-free 95% interval (benchmarks/trial_stats.py). A ratio
 is taken within a round, so a machine that is slower in one minute than the next moves both of its
-terms. To compare two settings (e.g. --worker-niceness 0 and 10), run twice and compare the
-intervals: the niceness is fixed per deployment (it is in the runner's runtime env).
+terms. To compare two settings (e.g. --max-rows-per-s 2 and none), run twice and compare the
+intervals: the settings are fixed when the app is built.
 Run by hand (make bench does not run it; the default run takes about 10 minutes on two cores):
   .venv/bin/python benchmarks/batch.py [--rounds 8] [--online 80] [--concurrency 4] [--rows 200]
-      [--busy-rows 1000] [--engine-share 0.25] [--worker-niceness 10]
+      [--busy-rows 1000] [--engine-share 0.25] [--worker-niceness 19] [--max-rows-per-s 2]
 """
 
 from __future__ import annotations
@@ -251,10 +252,14 @@ def main() -> int:
     parser.add_argument(
         "--worker-niceness", type=int, help="batch.worker_niceness of the started app (default: the app's, 19)"
     )
+    parser.add_argument(
+        "--max-rows-per-s", type=float, help="batch.max_rows_per_s of the started app (default: none, unbounded)"
+    )
     args = parser.parse_args()
     if args.url:
-        if args.engine_share is not None or args.worker_niceness is not None:
-            parser.error("--engine-share and --worker-niceness configure a started app; not with --url")
+        if any(value is not None for value in (args.engine_share, args.worker_niceness, args.max_rows_per_s)):
+            parser.error("--engine-share, --worker-niceness and --max-rows-per-s configure a started app; "
+                         "not with --url")
         run(args.url, args)
         return 0
     with tempfile.TemporaryDirectory() as work:
@@ -266,12 +271,15 @@ def main() -> int:
             app_args["batch"]["engine_share"] = args.engine_share
         if args.worker_niceness is not None:
             app_args["batch"]["worker_niceness"] = args.worker_niceness
+        if args.max_rows_per_s is not None:
+            app_args["batch"]["max_rows_per_s"] = args.max_rows_per_s
         config = work_dir / "app.yaml"
         config.write_text(yaml.safe_dump(app_args))
         share = app_args["batch"]["engine_share"]
         niceness = app_args["batch"].get("worker_niceness", "(the app's default)")
+        rate = app_args["batch"].get("max_rows_per_s", "none")
         print(f"starting llm-serving (dev-cpu with the Batch API, engine_share {share}, "
-              f"worker_niceness {niceness}) ...", flush=True)
+              f"worker_niceness {niceness}, max_rows_per_s {rate}) ...", flush=True)
         app = start_app(config, work_dir / "serve.log")
         try:
             run(app.base_url, args, app.process.pid)

@@ -11,7 +11,7 @@ import pytest
 from llm_serving.batch import formats as formats_module
 from llm_serving.batch import runner as runner_module
 from llm_serving.batch.formats import output_line
-from llm_serving.batch.runner import BatchRunner, _result_of_row, rows_in_flight
+from llm_serving.batch.runner import BatchRunner, RowPacer, _result_of_row, rows_in_flight
 
 
 @pytest.mark.parametrize("share, slots, replicas, expected", [
@@ -23,6 +23,52 @@ def test_batch_rows_hold_at_most_their_share_of_the_engines_slots(share, slots, 
 
 def line_of(row):
     return json.loads(_result_of_row(row)["result"])
+
+
+class FakeTime:
+    """A clock that only sleeps move."""
+
+    def __init__(self):
+        self.now = 100.0
+        self.slept = []
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_rows_start_at_most_once_per_interval():
+    time = FakeTime()
+    pacer = RowPacer(time.clock, time.sleep)
+    starts = []
+    for _ in range(5):
+        pacer.wait_turn(0.25)
+        starts.append(time.now)
+    assert starts == [100.0, 100.25, 100.5, 100.75, 101.0]
+
+
+def test_time_the_engine_took_counts_toward_the_next_rows_wait():
+    time = FakeTime()
+    pacer = RowPacer(time.clock, time.sleep)
+    pacer.wait_turn(0.5)
+    time.now += 0.3  # the engine answered a block meanwhile
+    pacer.wait_turn(0.5)
+    assert time.slept == [pytest.approx(0.2)]
+    time.now += 2.0  # a long answer: no wait, and no burst to make up for it
+    pacer.wait_turn(0.5)
+    pacer.wait_turn(0.5)
+    assert time.slept == [pytest.approx(0.2), pytest.approx(0.5)]
+
+
+def test_no_bound_never_waits():
+    time = FakeTime()
+    pacer = RowPacer(time.clock, time.sleep)
+    for _ in range(3):
+        pacer.wait_turn(0.0)
+    assert time.slept == []
 
 
 def test_an_answered_row_is_an_output_line_with_the_engines_body():

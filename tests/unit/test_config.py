@@ -65,6 +65,13 @@ def test_batch_worker_niceness_outside_0_to_19_names_the_key(niceness, expected)
         parse_app_config(with_batch(worker_niceness=niceness))
 
 
+def test_batch_rate_is_unbounded_unless_told_and_must_be_positive():
+    assert parse_app_config(with_batch()).batch.max_rows_per_s is None
+    assert parse_app_config(with_batch(max_rows_per_s=2.5)).batch.max_rows_per_s == 2.5
+    with pytest.raises(ConfigError, match=r"args\.batch\.max_rows_per_s: Input should be greater than 0"):
+        parse_app_config(with_batch(max_rows_per_s=0))
+
+
 def test_gpu_model_reserves_one_bundle_per_tensor_parallel_rank():
     config = parse_app_config(minimal(tensor_parallel_size=4, accelerator_type="L40S"))
     llm_config = to_llm_config("chat", config.models["chat"])

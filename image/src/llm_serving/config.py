@@ -574,6 +574,16 @@ class BatchConfig(StrictModel):
     request_timeout_s: float = Field(
         600, gt=0, description="Longest one batch request may take; a slower one fails that line only."
     )
+    max_rows_per_s: Optional[float] = Field(
+        None,
+        gt=0,
+        description=(
+            "Most batch rows started per second, over all of a batch's models (absent: as fast as engine_share "
+            "allows). On a node where batch rows and online requests share the CPUs, holding engine slots is not "
+            "enough: a batch at full speed roughly halved online requests/s on two cores whatever engine_share was. "
+            "A rate bound trades batch throughput for online latency; benchmarks/batch.py measures both."
+        ),
+    )
     worker_niceness: int = Field(
         19,
         ge=0,

@@ -6,7 +6,8 @@ app's own engine deployments (the same LLMServer replicas online requests use).
   `cancel`. After creation the runner is the only writer of a batch record, so a status never goes
   backwards between two writers.
 - Batches run one at a time, at a bounded number of rows in flight per engine (batch.engine_share
-  of its max_ongoing_requests), so online requests keep most of each engine's slots.
+  of its max_ongoing_requests), so online requests keep most of each engine's slots, and, with
+  batch.max_rows_per_s, at a bounded rate (paced where rows become engine calls).
 - Results stream back to this replica (iter_rows) and are written to the store in chunks as they
   come: a cancel ends `cancelled` with the finished lines, and a restarted runner skips the
   custom_ids already done (at start it picks up every unfinished batch in the store).
@@ -319,7 +320,9 @@ class BatchRunner:
                 should_continue_on_error=True,
                 request_timeout_s=self.config.request_timeout_s,
             ),
-            preprocess=functools.partial(_request_of_row, method=method, dtype=dtype),
+            preprocess=functools.partial(
+                _request_of_row, method=method, dtype=dtype, min_interval_s=_min_interval_s(self.config)
+            ),
             postprocess=_result_of_row,
         )
         rows = [{"custom_id": line.custom_id, "body": json.dumps(line.body)} for line in lines]
@@ -394,10 +397,42 @@ class BatchRunner:
                 self.store.put_batch(batch)
 
 
-def _request_of_row(row: Dict[str, Any], method: str, dtype: str) -> Dict[str, Any]:
+def _min_interval_s(config: BatchConfig) -> float:
+    return 1.0 / config.max_rows_per_s if config.max_rows_per_s else 0.0
+
+
+class RowPacer:
+    """Lets rows start at least `interval_s` apart in this process: the pipeline's one map actor,
+    which turns every row into an engine call, so this bounds the whole batch's rate. A row waits
+    only for the one before it, so time the engine took on earlier rows counts toward the wait."""
+
+    def __init__(self, clock=time.monotonic, sleep=time.sleep):
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._next_start = 0.0
+
+    def wait_turn(self, interval_s: float) -> None:
+        if interval_s <= 0:
+            return
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next_start)
+            self._next_start = start + interval_s
+        if start > now:
+            self._sleep(start - now)
+
+
+_ROW_PACER = RowPacer()
+
+
+def _request_of_row(row: Dict[str, Any], method: str, dtype: str, min_interval_s: float = 0.0) -> Dict[str, Any]:
     """An input row as the engine call the Serve deployment stage makes. Runs in Ray Data's map
-    actor (fused with that stage), which it lowers to batch.worker_niceness on its first row."""
+    actor (fused with that stage: `Map(_preprocess)->MapBatches(ServeDeploymentStageUDF)`, one
+    block at a time), which it lowers to batch.worker_niceness on its first row. The stage sends a
+    block's rows together once they are all made, so with batch.max_rows_per_s a block's rows go
+    out (block size - 1) intervals after its first."""
     lower_batch_worker_once()
+    _ROW_PACER.wait_turn(min_interval_s)
     body = json.loads(row["body"])
     return {
         "method": method,
