@@ -106,16 +106,20 @@ def test_requests_for_an_adapter_go_to_the_replica_that_holds_it(lora_app):
     for adapter in (ADAPTER_A, ADAPTER_B):  # first requests: each loads its adapter on one replica
         complete(client, adapter)
         wait_for_metrics(lora_app, lambda _, holders: adapter in holders, f"{adapter} loaded")
-    before, holders_before = multiplexing(lora_app)
+    asked = "ray_serve_multiplexed_get_model_requests_counter_total"
+    loads = "ray_serve_multiplexed_models_load_counter_total"
+    # The counters are exported apart from the holders' gauge: the baseline waits until they count
+    # the two first requests and their two loads, or a late export would count as a new load below.
+    before, holders_before = wait_for_metrics(
+        lora_app, lambda samples, _: total(samples, asked) >= 2 and total(samples, loads) >= 2,
+        "the first requests' counters")
     requests_per_adapter = 6
     for _ in range(requests_per_adapter):
         for adapter in (ADAPTER_A, ADAPTER_B):
             complete(client, adapter)
-    asked = "ray_serve_multiplexed_get_model_requests_counter_total"
     after, holders = wait_for_metrics(
         lora_app, lambda samples, _: total(samples, asked) - total(before, asked) >= 2 * requests_per_adapter,
         "every adapter request")
-    loads = "ray_serve_multiplexed_models_load_counter_total"
     # No request went to a replica without its adapter: that replica would have loaded it.
     assert total(after, loads) - total(before, loads) == 0
     assert len(holders[ADAPTER_A]) == 1 and len(holders[ADAPTER_B]) == 1, holders
