@@ -4,7 +4,7 @@ running batch does to online latency, in interleaved rounds so that one noisy mi
 Starts `llm-serving serve` on values/dev-cpu.yaml (which enables the Batch API) with a fresh store
 (or measures a running app with --url). After a warm-up, each of --rounds rounds takes three
 measurements, in an order rotated by one each round (so no measurement always runs first or right
-after a batch):
+after a batch), each once the machine is quiet (settle()):
   - alone:  streamed chats (tiny-chat, 16 tokens) at a fixed concurrency, nothing else running:
             requests/s and time-to-first-token (TTFT) p50,
   - during: the same online load while a batch runs (started, rows finishing, still running when
@@ -109,8 +109,21 @@ def wait(client: openai.OpenAI, batch_id: str, until=("completed", "failed", "ca
         time.sleep(0.2)
 
 
-# After a cancelled batch, Ray Data's actor and tasks wind down; the next measurement waits this long.
-SETTLE_S = 2.0
+# Every measurement starts on a quiet machine: after a batch, Ray Data's actors and tasks wind down
+# for seconds, and an online measurement taken meanwhile came out up to 5x slower (online alone
+# TTFT p50 varied 30-210 ms between rounds when each waited a fixed 2 s).
+QUIET_CPU_PERCENT = 20.0  # of all cores, over one second
+SETTLE_TIMEOUT_S = 60.0
+
+
+def settle() -> float:
+    """Wait until the machine's CPU use stays under QUIET_CPU_PERCENT for a second; seconds waited
+    (SETTLE_TIMEOUT_S at most)."""
+    started = time.monotonic()
+    while psutil.cpu_percent(interval=1.0) >= QUIET_CPU_PERCENT:
+        if time.monotonic() - started > SETTLE_TIMEOUT_S:
+            break
+    return time.monotonic() - started
 
 
 @dataclass
@@ -123,6 +136,7 @@ class Round:
     during_ttft_p50: float = math.nan
     during_ttft_p99: float = math.nan
     batch_rows_per_s: float = math.nan
+    settled_s: float = 0.0  # the longest wait for a quiet machine before one of its measurements
     note: str = ""
 
     @property
@@ -166,7 +180,6 @@ def measure_during(url: str, client: openai.OpenAI, args, trial: Round, app_pid:
         if client.batches.retrieve(busy).status in ("validating", "in_progress"):
             client.batches.cancel(busy)
         wait(client, busy, until=("completed", "failed", "cancelled", "expired"))
-        time.sleep(SETTLE_S)
     if still.status != "in_progress":  # the batch ended before the load did: not a "during" trial
         trial.note = f"batch {still.status} before the online load ended; --busy-rows too small"
         return
@@ -183,14 +196,14 @@ def measure_batch(client: openai.OpenAI, args, trial: Round) -> None:
 
 
 COLUMNS = ("round", "order", "alone req/s", "alone TTFT p50", "during req/s", "during TTFT p50",
-           "TTFT ratio", "req/s ratio", "batch rows/s")
+           "TTFT ratio", "req/s ratio", "batch rows/s", "settle")
 WIDTHS = tuple(max(len(name), 18 if name == "order" else 0) for name in COLUMNS)
 
 
 def print_round(trial: Round) -> None:
     cells = (f"{trial.number}", "/".join(trial.order), f"{trial.alone_rps:.1f}", f"{trial.alone_ttft_p50:.1f} ms",
              f"{trial.during_rps:.1f}", f"{trial.during_ttft_p50:.1f} ms", f"{trial.ttft_ratio:.2f}",
-             f"{trial.rps_ratio:.2f}", f"{trial.batch_rows_per_s:.1f}")
+             f"{trial.rps_ratio:.2f}", f"{trial.batch_rows_per_s:.1f}", f"{trial.settled_s:.0f} s")
     print("  ".join(f"{cell:>{width}}" for cell, width in zip(cells, WIDTHS, strict=True))
           + (f"  ({trial.note})" if trial.note else ""), flush=True)
 
@@ -217,13 +230,16 @@ def run(url: str, args, app_pid: Optional[int] = None) -> None:
     asyncio.run(online_load(url, 8, args.concurrency))  # warm-up: the engines' first requests
     wait(client, start_batch(client, 8, 900_000))  # and Ray Data's first dataset
     print(f"{args.rounds} rounds of {args.online} online requests at concurrency {args.concurrency}; "
-          f"batches of {args.rows} rows (alone) and {args.busy_rows} rows (during, cancelled after)", flush=True)
+          f"batches of {args.rows} rows (alone) and {args.busy_rows} rows (during, cancelled after); each "
+          f"measurement starts once CPU use is under {QUIET_CPU_PERCENT:.0f}% for a second (settle: the "
+          f"round's longest wait, at most {SETTLE_TIMEOUT_S:.0f} s)", flush=True)
     print("  ".join(f"{name:>{width}}" for name, width in zip(COLUMNS, WIDTHS, strict=True)), flush=True)
     rounds: List[Round] = []
     niceness_seen: Set[int] = set()
     for number in range(args.rounds):
         trial = Round(number, round_order(["alone", "during", "batch"], number))
         for measurement in trial.order:
+            trial.settled_s = max(trial.settled_s, settle())
             if measurement == "alone":
                 measure_alone(url, args, trial)
             elif measurement == "during":
