@@ -4,14 +4,10 @@ of BLOCK rows), since the bound is fixed when the app is built."""
 
 from __future__ import annotations
 
-import signal
-
 import openai
 import pytest
-import yaml
 
-from tests.e2e.dev_cpu import CHAT_MODEL, FULL_KEY, KEYS_DOCUMENT, dev_cpu_with_keys
-from tests.e2e.servers import start_app
+from tests.e2e.dev_cpu import FULL_KEY, chat_model_app
 from tests.e2e.test_batch_api import (
     chat_body,
     line,
@@ -30,20 +26,14 @@ LINES = 24
 SPREAD_AT_LEAST_S = 0.7 * (LINES - BLOCK) / RATE
 
 
+def paced_batches(args: dict) -> None:
+    args["batch"].update(max_rows_per_s=RATE, engine_share=BLOCK / 64)
+
+
 @pytest.fixture(scope="module")
 def paced(tmp_path_factory):
-    work = tmp_path_factory.mktemp("paced")
-    keys_file = work / "api-keys.yaml"
-    keys_file.write_text(yaml.safe_dump(KEYS_DOCUMENT))
-    args = dev_cpu_with_keys(keys_file)
-    args["models"] = {CHAT_MODEL: args["models"][CHAT_MODEL]}
-    args["batch"].update(max_rows_per_s=RATE, engine_share=BLOCK / 64)
-    config_file = work / "app.yaml"
-    config_file.write_text(yaml.safe_dump(args))
-    app = start_app(config_file, work / "serve.log")
-    yield app
-    stopped = app.stop(signal.SIGTERM, to_group=True)
-    assert stopped.clean, f"llm-serving did not stop cleanly: {stopped}\n{app.log_tail()}"
+    with chat_model_app(tmp_path_factory.mktemp("paced"), paced_batches) as app:
+        yield app
 
 
 def test_rows_start_no_faster_than_max_rows_per_s(paced):

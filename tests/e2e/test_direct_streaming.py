@@ -3,15 +3,12 @@ HAProxy) and the gateway runs inside it, wrapping vLLM's own app. Same promises 
 deployment: auth, errors in OpenAI's shape, probes."""
 
 import asyncio
-import signal
 
 import httpx
 import openai
 import pytest
-import yaml
 
-from tests.e2e.dev_cpu import CHAT_MODEL, FULL_KEY, KEYS_DOCUMENT, dev_cpu_with_keys
-from tests.e2e.servers import start_app
+from tests.e2e.dev_cpu import CHAT_MODEL, FULL_KEY, chat_model_app
 from tests.e2e.stream_reads import bunched_up, stream_reads
 
 pytestmark = pytest.mark.e2e
@@ -19,20 +16,14 @@ pytestmark = pytest.mark.e2e
 HELLO = [{"role": "user", "content": "Hello"}]
 
 
+def without_the_batch_api(args: dict) -> None:
+    del args["batch"]  # the Batch API lives in the gateway deployment, so dev-cpu's would turn the fast path off
+
+
 @pytest.fixture(scope="module")
 def direct(tmp_path_factory):
-    work = tmp_path_factory.mktemp("direct")
-    keys_file = work / "api-keys.yaml"
-    keys_file.write_text(yaml.safe_dump(KEYS_DOCUMENT))
-    args = dev_cpu_with_keys(keys_file)
-    args["models"] = {CHAT_MODEL: args["models"][CHAT_MODEL]}
-    del args["batch"]  # the Batch API lives in the gateway deployment, so dev-cpu's would turn the fast path off
-    config_file = work / "app.yaml"
-    config_file.write_text(yaml.safe_dump(args))
-    app = start_app(config_file, work / "serve.log")
-    yield app
-    stopped = app.stop(signal.SIGTERM, to_group=True)  # as `timeout`, systemd and container runtimes do
-    assert stopped.clean, f"llm-serving did not stop cleanly: {stopped}\n{app.log_tail()}"
+    with chat_model_app(tmp_path_factory.mktemp("direct"), without_the_batch_api) as app:
+        yield app
 
 
 def test_runs_on_the_direct_streaming_path(direct):
