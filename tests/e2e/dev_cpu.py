@@ -4,7 +4,6 @@ renders. Shared by the test modules and the shared instance in conftest."""
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from tests.charts.render import VALUES, render_chart
-from tests.e2e.servers import REPO, RunningApp, start_app
+from tests.e2e.servers import REPO, RunningApp, served
 
 CHAT_MODEL = "tiny-chat"
 EMBED_MODEL = "all-minilm-l6-v2"
@@ -37,20 +36,15 @@ def dev_cpu_with_keys(keys_file) -> dict:
 
 @contextmanager
 def chat_model_app(work: Path, adjust: Callable[[dict], None]) -> Iterator[RunningApp]:
-    """`llm-serving serve` on dev-cpu's chat model alone, with the test keys and the profile's args
-    changed by `adjust`; stopped at the end with SIGTERM to its process group (as `timeout`, systemd
-    and container runtimes do), which must leave nothing behind."""
+    """`served` on dev-cpu's chat model alone, with the test keys and the profile's args changed by
+    `adjust`."""
     keys_file = work / "api-keys.yaml"
     keys_file.write_text(yaml.safe_dump(KEYS_DOCUMENT))
     args = dev_cpu_with_keys(keys_file)
     args["models"] = {CHAT_MODEL: args["models"][CHAT_MODEL]}
     adjust(args)
-    config_file = work / "app.yaml"
-    config_file.write_text(yaml.safe_dump(args))
-    app = start_app(config_file, work / "serve.log")
-    yield app
-    stopped = app.stop(signal.SIGTERM, to_group=True)
-    assert stopped.clean, f"llm-serving did not stop cleanly: {stopped}\n{app.log_tail()}"
+    with served(work, args) as app:
+        yield app
 
 
 def serve_config_rendered_by_the_chart(keys_file, batch_store=None) -> str:

@@ -16,6 +16,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import httpx
 import psutil
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,6 +202,19 @@ def start_app(config_path: Path, log_path: Path, probe_request: Optional[dict] =
                     pass  # not listening yet
             time.sleep(0.5)
     return app
+
+
+@contextmanager
+def served(work: Path, args: dict) -> Iterator[RunningApp]:
+    """`llm-serving serve` on `args` (written to work/app.yaml), stopped at the end with SIGTERM to
+    its process group (as `timeout`, systemd and container runtimes do), which must leave nothing
+    behind."""
+    config_file = work / "app.yaml"
+    config_file.write_text(yaml.safe_dump(args))
+    app = start_app(config_file, work / "serve.log")
+    yield app
+    stopped = app.stop(signal.SIGTERM, to_group=True)
+    assert stopped.clean, f"llm-serving did not stop cleanly: {stopped}\n{app.log_tail()}"
 
 
 @contextmanager

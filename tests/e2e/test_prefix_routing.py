@@ -8,16 +8,14 @@ measures both routers."""
 
 from __future__ import annotations
 
-import signal
 import time
 from collections import defaultdict
 from typing import Dict
 
 import openai
 import pytest
-import yaml
 
-from tests.e2e.servers import scrape, start_app
+from tests.e2e.servers import scrape, served
 
 pytestmark = pytest.mark.e2e
 
@@ -56,13 +54,8 @@ def app_args() -> dict:
 
 @pytest.fixture(scope="module")
 def routed(tmp_path_factory):
-    work = tmp_path_factory.mktemp("prefix-routing")
-    config_file = work / "app.yaml"
-    config_file.write_text(yaml.safe_dump(app_args()))
-    app = start_app(config_file, work / "serve.log")
-    yield app
-    stopped = app.stop(signal.SIGTERM, to_group=True)
-    assert stopped.clean, f"llm-serving did not stop cleanly: {stopped}\n{app.log_tail()}"
+    with served(tmp_path_factory.mktemp("prefix-routing"), app_args()) as app:
+        yield app
 
 
 def per_replica(samples, fragment: str, model: str) -> Dict[str, float]:
