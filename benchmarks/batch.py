@@ -12,8 +12,8 @@ after a batch), each once the machine is quiet (settle()):
   - batch:  rows/s of a chat batch of --rows requests with no online load (create to completed).
 Per round it prints the TTFT p50 ratio (during / alone) and the requests/s ratio (during / alone),
 the numbers batch.engine_share, batch.worker_niceness and batch.max_rows_per_s are there to keep
-near 1; then the median
-of the per-round values with a distribution-free 95% interval (benchmarks/trial_stats.py). A ratio
+near 1; then the median of the per-round values with a distribution-free 95% interval
+(benchmarks/trial_stats.py). A ratio
 is taken within a round, so a machine that is slower in one minute than the next moves both of its
 terms. To compare two settings (e.g. --max-rows-per-s 2 and none), run twice and compare the
 intervals: the settings are fixed when the app is built.
@@ -272,8 +272,12 @@ def main() -> int:
         "--max-rows-per-s", type=float, help="batch.max_rows_per_s of the started app (default: none, unbounded)"
     )
     args = parser.parse_args()
+    # The batch settings given on the command line, as the started app's batch.* keys.
+    batch_settings = {key: value for key, value in (("engine_share", args.engine_share),
+                                                    ("worker_niceness", args.worker_niceness),
+                                                    ("max_rows_per_s", args.max_rows_per_s)) if value is not None}
     if args.url:
-        if any(value is not None for value in (args.engine_share, args.worker_niceness, args.max_rows_per_s)):
+        if batch_settings:
             parser.error("--engine-share, --worker-niceness and --max-rows-per-s configure a started app; "
                          "not with --url")
         run(args.url, args)
@@ -283,12 +287,7 @@ def main() -> int:
         keys = work_dir / "keys.yaml"
         keys.write_text(yaml.safe_dump({"keys": [{"name": "bench", "key": API_KEY}]}))
         app_args = dev_cpu_with_keys(keys)  # its Batch API store beside the keys file, in work_dir
-        if args.engine_share is not None:
-            app_args["batch"]["engine_share"] = args.engine_share
-        if args.worker_niceness is not None:
-            app_args["batch"]["worker_niceness"] = args.worker_niceness
-        if args.max_rows_per_s is not None:
-            app_args["batch"]["max_rows_per_s"] = args.max_rows_per_s
+        app_args["batch"].update(batch_settings)
         config = work_dir / "app.yaml"
         config.write_text(yaml.safe_dump(app_args))
         share = app_args["batch"]["engine_share"]
