@@ -99,8 +99,9 @@ def values(batch_store: Path) -> dict:
             "direct_streaming": False,  # the Gateway deployment in front of the engine
             "ingress": {"min_replicas": 2, "max_replicas": 2},
         },
-        # The Batch API with a store of this instance's own (case 4 kills its runner mid-batch).
-        "batch": {"store_uri": str(batch_store)},
+        # The Batch API with a store of this instance's own (case 4 kills its runner mid-batch),
+        # paced so that a batch has a middle to kill it in (see BATCH_ROWS_PER_S).
+        "batch": {"store_uri": str(batch_store), "max_rows_per_s": BATCH_ROWS_PER_S},
     }
     return profile
 
@@ -316,7 +317,11 @@ def case_gateway_killed(inst: Instance) -> FaultResult:
 
 BATCH_RUNNER_TITLE = r"ray::ServeReplica:llm-serving:BatchRunner(\.|$)"
 BATCH_LINES = 120
-BATCH_MAX_TOKENS = 48  # with ignore_eos: the batch runs for tens of seconds on two cores
+BATCH_MAX_TOKENS = 48  # with ignore_eos
+# Unpaced, the engine ran all 120 lines in 6 s and Ray Data handed every result back in one bunch at
+# the end (CI: the batch went from 0 done to completed between two polls). At 4 rows/s the rows
+# reach the engine over 30 s, so results come back block by block with most lines still to run.
+BATCH_ROWS_PER_S = 4.0
 BATCH_BOUND_S = 420.0  # kill -> the batch final (a new runner replica starts and resumes it)
 FINAL_BATCH_STATUSES = ("completed", "failed", "cancelled", "expired")
 
