@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, AsyncIterator, Dict, Optional, Tuple
 
 from fastapi import FastAPI
@@ -38,6 +39,10 @@ logger = logging.getLogger(__name__)
 READINESS_POLL_INTERVAL_S = 1.0
 # How often a request waiting for the engine's first response checks that its model is still ready.
 FIRST_RESPONSE_READINESS_CHECK_S = 0.5
+# A request still waiting this long for its engine's first response is logged once, with what the
+# gateway knew of its model: a trace for the case the readiness check does not end (a rehearsal
+# saw requests sent 1 s after an engine replica's death wait 60 s for its replacement).
+FIRST_RESPONSE_SLOW_LOG_S = 10.0
 
 
 def _ingress_fastapi_app() -> FastAPI:
@@ -84,6 +89,7 @@ class ModelReadiness:
         self._deployments = {model: (h.app_name, h.deployment_name) for model, h in handles.items()}
         self._ready = {model: False for model in handles}
         self._running = {model: 0 for model in handles}
+        self.polled_at: Optional[float] = None  # time.monotonic() of the last poll that succeeded
         self._task: Optional[asyncio.Task] = None
 
     def __call__(self) -> Dict[str, bool]:
@@ -102,6 +108,7 @@ class ModelReadiness:
                 states = readiness_from_details(details, self._deployments)
                 self._ready = {model: ready for model, (ready, _) in states.items()}
                 self._running = {model: running for model, (_, running) in states.items()}
+                self.polled_at = time.monotonic()
             except Exception:  # keep the last known state; the next poll may succeed
                 logger.warning("could not read Serve status for model readiness", exc_info=True)
             await asyncio.sleep(READINESS_POLL_INTERVAL_S)
@@ -192,6 +199,7 @@ class _GatewayOpenAiIngress(with_engine_response_hook(OpenAiIngress)):  # type: 
         model = split_adapter(model)[0] if model is not None else None  # readiness is the base model's
         had_replicas = model is not None and self._readiness.running_replicas(model) > 0
         first = asyncio.ensure_future(responses.__anext__())
+        started, logged = time.monotonic(), False
         while True:
             done, _ = await asyncio.wait({first}, timeout=FIRST_RESPONSE_READINESS_CHECK_S)
             if done:
@@ -199,6 +207,22 @@ class _GatewayOpenAiIngress(with_engine_response_hook(OpenAiIngress)):  # type: 
             if had_replicas and model is not None and self._readiness().get(model) is False:
                 first.cancel()
                 raise EngineUnavailable(model)
+            if not logged and time.monotonic() - started >= FIRST_RESPONSE_SLOW_LOG_S:
+                logged = True
+                self._log_slow_first_response(model, had_replicas, time.monotonic() - started)
+
+    def _log_slow_first_response(self, model: Optional[str], had_replicas: bool, waited_s: float) -> None:
+        polled_at = self._readiness.polled_at
+        logger.warning(
+            "A request to model %s has waited %.0f s for its engine's first response: model ready %s, "
+            "%d running replicas (%s replicas as it came), Serve's view read %s.",
+            model,
+            waited_s,
+            self._readiness().get(model) if model else None,
+            self._readiness.running_replicas(model) if model else 0,
+            "with" if had_replicas else "without",
+            "never" if polled_at is None else f"{time.monotonic() - polled_at:.1f} s ago",
+        )
 
 
 # make_fastapi_ingress builds the class at import (Ray Serve LLM's documented way to add routes).
