@@ -42,6 +42,7 @@ import openai
 import psutil
 import yaml
 
+from llm_serving.gateway.limits import in_flight_key
 from tests.charts.render import VALUES, render_chart
 from tests.e2e.servers import RunningApp, free_port, process_tree, scrape, start_app, total
 from tests.faults.report import FaultResult
@@ -106,7 +107,7 @@ class RedisProcess:
         return sum(int(self.cli("get", k) or 0) for k in keys)
 
     def in_flight(self, key_name: str) -> int:
-        return int(self.cli("get", f"llm-serving:limits:{key_name}:in-flight") or 0)
+        return int(self.cli("zcard", in_flight_key(key_name)) or 0)
 
 
 @dataclass

@@ -6,7 +6,14 @@ import time
 
 import pytest
 
-from llm_serving.gateway.limits import InProcessLimiter, RedisLimiter, build_limiter, limits_for, reserved_tokens
+from llm_serving.gateway.limits import (
+    InProcessLimiter,
+    RedisLimiter,
+    build_limiter,
+    limits_for,
+    reserved_tokens,
+    window_of,
+)
 from llm_serving.traffic_config import LimitConfig, LimitsConfig
 from tests.e2e.servers import free_port, redis_server
 
@@ -168,5 +175,78 @@ def test_counting_resumes_when_redis_comes_back(tmp_path):
             server.terminate()
             server.wait(10)
             await limiter.close()
+
+    run(scenario())
+
+
+class SlowReplyProxy:
+    """A TCP proxy in front of Redis that can hold back its next reply: the client times out
+    reading a reply the server has already applied, as a gateway replica starved of CPU did."""
+
+    def __init__(self, upstream_port: int, delay_s: float):
+        self.upstream_port, self.delay_s = upstream_port, delay_s
+        self.hold_next_reply = False
+        self.port = None
+        self._server = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _connection(self, client_reader, client_writer) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def pump(reader, writer, replies: bool) -> None:
+            try:
+                while data := await reader.read(65536):
+                    if replies and self.hold_next_reply:
+                        self.hold_next_reply = False
+                        await asyncio.sleep(self.delay_s)
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        await asyncio.gather(pump(client_reader, server_writer, False), pump(server_reader, client_writer, True))
+
+    async def close(self) -> None:
+        self._server.close()
+
+
+def test_a_retry_after_a_reply_timed_out_counts_a_request_once(redis_url):
+    """redis-py retries a command whose reply timed out; the server had applied it. Admission and
+    settle must not count twice: with INCR/DECR, 50 streams under CPU starvation left a key's
+    in-flight count at +1 or -9 (issue 14's disconnect case)."""
+    import redis
+
+    server = redis.Redis.from_url(redis_url)
+    key = f"retried-{time.time()}"
+    limit = LimitConfig(concurrent=10)
+    requests_key, tokens_key, in_flight_key = RedisLimiter._names(key, window_of(1000.0, LimitsConfig().window_seconds)[0])
+
+    def counts():
+        return int(server.get(requests_key) or 0), int(server.get(tokens_key) or 0), server.zcard(in_flight_key)
+
+    async def scenario():
+        proxy = SlowReplyProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), delay_s=0.6)
+        await proxy.start()
+        limiter = RedisLimiter(LimitsConfig(), f"redis://127.0.0.1:{proxy.port}/0", clock=Clock(1000.0),
+                               socket_timeout_s=0.3)
+        try:
+            first, _ = await limiter.admit(key, limit, 10)  # scripts loaded, connection warm
+            await limiter.settle(first, 4)
+            assert counts() == (1, 4, 0)
+            proxy.hold_next_reply = True
+            retried, refusal = await limiter.admit(key, limit, 10)
+            assert refusal is None and not retried.uncounted
+            assert counts() == (2, 14, 1), "an admission retried after its reply timed out counted twice"
+            proxy.hold_next_reply = True
+            await limiter.settle(retried, 4)
+            assert counts() == (2, 8, 0), "a settle retried after its reply timed out gave back twice"
+        finally:
+            await limiter.close()
+            await proxy.close()
 
     run(scenario())

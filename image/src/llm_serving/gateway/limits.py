@@ -8,7 +8,7 @@ Accounting:
   reservation is swapped for prompt + generated; a failed request gives it back). A request
   without `max_tokens` reserves nothing, so a window can overshoot by what its requests in
   flight generate. An empty window always admits one request, however large.
-- concurrent: incremented at admission, decremented when the response has been sent.
+- concurrent: a slot taken at admission, given back when the response has been sent.
 
 Store: with `limits.redis_url` (or `redis_url_env`), one Redis shared by every gateway replica,
 each admission one atomic Lua script; otherwise counters in this process, so with N replicas a
@@ -18,6 +18,12 @@ limits protect capacity, they must not take the service down. Each such admissio
 and a warning is logged at most every 30 s; counting resumes with the first admission that reaches
 Redis again (redis-py reconnects on its own). A slot taken before the outage and released during it
 stays counted in Redis until CONCURRENCY_TTL_S expires it (or Redis restarts empty).
+
+In Redis each slot is a member of a sorted set (its admission's id, scored by when it was taken),
+not a counter: admission and settle are idempotent, so redis-py's retry after a timeout cannot
+count a request twice. With INCR/DECR it did: a gateway replica starved of CPU timed out reading
+replies the server had already applied, and the retries left a key's in-flight count at +1 or -9
+after 50 streams (the fault battery's disconnect case under two CPU hogs).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import asyncio
 import logging
 import math
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Tuple
 
@@ -34,7 +41,8 @@ from llm_serving.traffic_config import LimitConfig, LimitsConfig
 logger = logging.getLogger(__name__)
 
 CONCURRENCY_RETRY_AFTER_S = 1
-# A crashed replica's in-flight count expires from Redis after this long.
+# A slot a crashed replica never gave back expires from Redis after this long (so does the slot of a
+# request running longer than this: the key may then run one request over its `concurrent` limit).
 CONCURRENCY_TTL_S = 600
 KEY_PREFIX = "llm-serving:limits"
 
@@ -57,6 +65,7 @@ class Admission:
     reserved_tokens: int
     holds_slot: bool
     uncounted: bool = False  # admitted without counting: the store was unreachable
+    slot_id: str = ""  # the slot's member in Redis's sorted set of the key's requests in flight
 
 
 def window_of(now: float, window_s: int) -> Tuple[int, int]:
@@ -128,20 +137,33 @@ class InProcessLimiter:
         pass
 
 
-# Atomic admission: read the three counters, refuse (1 requests, 2 tokens, 3 concurrent) or count.
+# Atomic admission: read the counters, refuse (1 requests, 2 tokens, 3 concurrent) or count and take
+# slot ARGV[7]. Run again for the same slot (a retry of an admission that went through), it counts
+# nothing more.
 _ADMIT_SCRIPT = """
-local requests = tonumber(redis.call('GET', KEYS[1]) or '0')
-local tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
-local in_flight = tonumber(redis.call('GET', KEYS[3]) or '0')
 local request_limit, token_limit, concurrent_limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local reserve, ttl, concurrent_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local slot, now = ARGV[7], tonumber(ARGV[8])
+if redis.call('ZSCORE', KEYS[3], slot) then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - concurrent_ttl)
+local requests = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
+local in_flight = redis.call('ZCARD', KEYS[3])
 if request_limit > 0 and requests >= request_limit then return 1 end
 if token_limit > 0 and (tokens >= token_limit or (tokens > 0 and tokens + reserve > token_limit)) then return 2 end
 if concurrent_limit > 0 and in_flight >= concurrent_limit then return 3 end
 redis.call('INCR', KEYS[1]); redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('INCRBY', KEYS[2], reserve); redis.call('EXPIRE', KEYS[2], ttl)
-redis.call('INCR', KEYS[3]); redis.call('EXPIRE', KEYS[3], concurrent_ttl)
+redis.call('ZADD', KEYS[3], now, slot); redis.call('EXPIRE', KEYS[3], concurrent_ttl)
 return 0
+"""
+# Settle: give slot ARGV[1] back and, only if it was still taken (not on a retry), swap the token
+# reservation for what was used (ARGV[2], the difference).
+_SETTLE_SCRIPT = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+local delta = tonumber(ARGV[2])
+if delta ~= 0 and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCRBY', KEYS[2], delta) end
+return 1
 """
 _REFUSED_LIMIT = {1: "requests", 2: "tokens", 3: "concurrent"}
 
@@ -149,7 +171,9 @@ _REFUSED_LIMIT = {1: "requests", 2: "tokens", 3: "concurrent"}
 class RedisLimiter:
     """Counters in one Redis shared by every gateway replica."""
 
-    def __init__(self, config: LimitsConfig, url: str, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, config: LimitsConfig, url: str, clock: Callable[[], float] = time.time, socket_timeout_s: float = 2.0
+    ):
         import redis.asyncio as redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
@@ -158,16 +182,17 @@ class RedisLimiter:
         self.window_s = config.window_seconds
         self._clock = clock
         # One immediate retry on a new connection: after Redis restarts, every pooled connection is
-        # stale once, and without it that request would go uncounted (and a settle's decrement be lost,
-        # leaving a `concurrent` slot taken for CONCURRENCY_TTL_S).
+        # stale once, and without it that request would go uncounted (and a settle be lost, leaving a
+        # `concurrent` slot taken for CONCURRENCY_TTL_S). Both scripts are safe to run twice.
         self._redis = redis.from_url(
             url,
-            socket_timeout=2,
-            socket_connect_timeout=2,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[ConnectionError, TimeoutError],
         )
         self._admit = self._redis.register_script(_ADMIT_SCRIPT)
+        self._settle = self._redis.register_script(_SETTLE_SCRIPT)
         self._last_warning = 0.0
         self._store_down = False
 
@@ -176,11 +201,13 @@ class RedisLimiter:
         return (
             f"{KEY_PREFIX}:{key}:{window}:requests",
             f"{KEY_PREFIX}:{key}:{window}:tokens",
-            f"{KEY_PREFIX}:{key}:in-flight",
+            in_flight_key(key),
         )
 
     async def admit(self, key: str, limit: LimitConfig, reserve: int) -> Tuple[Optional[Admission], Optional[Refusal]]:
-        window, retry_after = window_of(self._clock(), self.window_s)
+        now = self._clock()
+        window, retry_after = window_of(now, self.window_s)
+        slot_id = uuid.uuid4().hex
         try:
             verdict = await self._admit(
                 keys=self._names(key, window),
@@ -191,6 +218,8 @@ class RedisLimiter:
                     reserve,
                     2 * self.window_s,
                     CONCURRENCY_TTL_S,
+                    slot_id,
+                    now,
                 ],
             )
         except Exception as error:  # Redis down: admit, uncounted, rather than refuse everyone
@@ -204,19 +233,15 @@ class RedisLimiter:
             allowed = getattr(limit, limit_name)
             wait = CONCURRENCY_RETRY_AFTER_S if limit_name == "concurrent" else retry_after
             return None, Refusal(limit_name, allowed, wait)
-        return Admission(key, window, reserve, holds_slot=True), None
+        return Admission(key, window, reserve, holds_slot=True, slot_id=slot_id), None
 
     async def settle(self, admission: Admission, used_tokens: Optional[int]) -> None:
         if not admission.holds_slot:
             return
-        requests, tokens, in_flight = self._names(admission.key, admission.window)
+        _, tokens, in_flight = self._names(admission.key, admission.window)
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.decr(in_flight)
-                delta = (used_tokens or 0) - admission.reserved_tokens
-                if delta:
-                    pipe.incrby(tokens, delta)
-                await pipe.execute()
+            delta = (used_tokens or 0) - admission.reserved_tokens
+            await self._settle(keys=[in_flight, tokens], args=[admission.slot_id, delta])
         except Exception as error:
             self._warn(error)
 
@@ -232,6 +257,11 @@ class RedisLimiter:
             await self._redis.aclose()
         except Exception:
             pass
+
+
+def in_flight_key(key: str) -> str:
+    """The Redis sorted set of a key's requests in flight (`in-flight` held a counter before)."""
+    return f"{KEY_PREFIX}:{key}:in-flight-slots"
 
 
 def limits_for(config: LimitsConfig, key: str) -> Optional[LimitConfig]:
