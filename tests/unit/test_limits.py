@@ -180,12 +180,14 @@ def test_counting_resumes_when_redis_comes_back(tmp_path):
 
 
 class SlowReplyProxy:
-    """A TCP proxy in front of Redis that can hold back its next reply: the client times out
-    reading a reply the server has already applied, as a gateway replica starved of CPU did."""
+    """A TCP proxy in front of Redis that can hold back its next replies (`hold_replies` of them):
+    the client times out reading a reply the server has already applied, as a gateway replica
+    starved of CPU did. With `refuse`, it drops what clients send (the store unreachable)."""
 
     def __init__(self, upstream_port: int, delay_s: float):
         self.upstream_port, self.delay_s = upstream_port, delay_s
-        self.hold_next_reply = False
+        self.hold_replies = 0
+        self.refuse = False
         self.port = None
         self._server = None
 
@@ -199,8 +201,10 @@ class SlowReplyProxy:
         async def pump(reader, writer, replies: bool) -> None:
             try:
                 while data := await reader.read(65536):
-                    if replies and self.hold_next_reply:
-                        self.hold_next_reply = False
+                    if not replies and self.refuse:
+                        break
+                    if replies and self.hold_replies:
+                        self.hold_replies -= 1
                         await asyncio.sleep(self.delay_s)
                     writer.write(data)
                     await writer.drain()
@@ -238,13 +242,72 @@ def test_a_retry_after_a_reply_timed_out_counts_a_request_once(redis_url):
             first, _ = await limiter.admit(key, limit, 10)  # scripts loaded, connection warm
             await limiter.settle(first, 4)
             assert counts() == (1, 4, 0)
-            proxy.hold_next_reply = True
+            proxy.hold_replies = 1
             retried, refusal = await limiter.admit(key, limit, 10)
             assert refusal is None and not retried.uncounted
             assert counts() == (2, 14, 1), "an admission retried after its reply timed out counted twice"
-            proxy.hold_next_reply = True
+            proxy.hold_replies = 1
             await limiter.settle(retried, 4)
             assert counts() == (2, 8, 0), "a settle retried after its reply timed out gave back twice"
+        finally:
+            await limiter.close()
+            await proxy.close()
+
+    run(scenario())
+
+
+def test_an_admission_whose_replies_timed_out_is_uncounted_and_its_settle_gives_the_slot_back(redis_url):
+    """Both tries timed out, but Redis took the slot: the request goes on uncounted, and its settle
+    gives back the slot and settles the tokens (with two CPU hogs, 3 slots stayed taken)."""
+    import redis
+
+    server = redis.Redis.from_url(redis_url)
+    key = f"uncounted-{time.time()}"
+    requests_key, tokens_key, in_flight_key = RedisLimiter._names(key, window_of(1000.0, LimitsConfig().window_seconds)[0])
+
+    async def scenario():
+        proxy = SlowReplyProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), delay_s=0.6)
+        await proxy.start()
+        limiter = RedisLimiter(LimitsConfig(), f"redis://127.0.0.1:{proxy.port}/0", clock=Clock(1000.0),
+                               socket_timeout_s=0.3)
+        try:
+            await limiter.settle((await limiter.admit(key, LimitConfig(concurrent=10), 0))[0], 0)  # warm
+            proxy.hold_replies = 2
+            admission, refusal = await limiter.admit(key, LimitConfig(concurrent=10), 10)
+            assert refusal is None and admission.uncounted
+            assert (int(server.get(tokens_key)), server.zcard(in_flight_key)) == (10, 1)  # taken all the same
+            await limiter.settle(admission, 4)
+            assert (int(server.get(requests_key)), int(server.get(tokens_key)), server.zcard(in_flight_key)) == (2, 4, 0)
+        finally:
+            await limiter.close()
+            await proxy.close()
+
+    run(scenario())
+
+
+def test_a_settle_that_fails_is_tried_again_later(redis_url, monkeypatch):
+    import redis
+
+    from llm_serving.gateway import limits
+
+    monkeypatch.setattr(limits, "SETTLE_RETRY_S", 0.3)
+    server = redis.Redis.from_url(redis_url)
+    key = f"settle-again-{time.time()}"
+    in_flight_key = RedisLimiter._names(key, 0)[2]
+
+    async def scenario():
+        proxy = SlowReplyProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), delay_s=0)
+        await proxy.start()
+        limiter = RedisLimiter(LimitsConfig(), f"redis://127.0.0.1:{proxy.port}/0", clock=Clock(1000.0),
+                               socket_timeout_s=0.3)
+        try:
+            admission, _ = await limiter.admit(key, LimitConfig(concurrent=10), 0)
+            proxy.refuse = True  # the store unreachable as the request ends
+            await limiter.settle(admission, 0)
+            assert server.zcard(in_flight_key) == 1
+            proxy.refuse = False
+            await asyncio.sleep(0.8)
+            assert server.zcard(in_flight_key) == 0, "the failed settle was not tried again"
         finally:
             await limiter.close()
             await proxy.close()

@@ -17,7 +17,8 @@ limits protect capacity, they must not take the service down. Each such admissio
 (`Admission.uncounted`; the gateway counts them in ray_llm_serving_limits_uncounted_requests_total)
 and a warning is logged at most every 30 s; counting resumes with the first admission that reaches
 Redis again (redis-py reconnects on its own). A slot taken before the outage and released during it
-stays counted in Redis until CONCURRENCY_TTL_S expires it (or Redis restarts empty).
+is given back by a second try SETTLE_RETRY_S later, or else stays counted in Redis until
+CONCURRENCY_TTL_S expires it (or Redis restarts empty).
 
 In Redis each slot is a member of a sorted set (its admission's id, scored by when it was taken),
 not a counter: admission and settle are idempotent, so redis-py's retry after a timeout cannot
@@ -29,18 +30,22 @@ after 50 streams (the fault battery's disconnect case under two CPU hogs).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Set, Tuple
 
 from llm_serving.traffic_config import LimitConfig, LimitsConfig
 
 logger = logging.getLogger(__name__)
 
 CONCURRENCY_RETRY_AFTER_S = 1
+# A settle that failed (the store unreachable, or its reply timed out twice) is tried once more this
+# much later, in the background.
+SETTLE_RETRY_S = 1.0
 # A slot a crashed replica never gave back expires from Redis after this long (so does the slot of a
 # request running longer than this: the key may then run one request over its `concurrent` limit).
 CONCURRENCY_TTL_S = 600
@@ -65,7 +70,9 @@ class Admission:
     reserved_tokens: int
     holds_slot: bool
     uncounted: bool = False  # admitted without counting: the store was unreachable
-    slot_id: str = ""  # the slot's member in Redis's sorted set of the key's requests in flight
+    # The slot's member in Redis's sorted set of the key's requests in flight. An uncounted admission
+    # has one too: its reply may have timed out after Redis took the slot, which settle gives back.
+    slot_id: str = ""
 
 
 def window_of(now: float, window_s: int) -> Tuple[int, int]:
@@ -195,6 +202,7 @@ class RedisLimiter:
         self._settle = self._redis.register_script(_SETTLE_SCRIPT)
         self._last_warning = 0.0
         self._store_down = False
+        self._retries: Set[asyncio.Task] = set()  # settles tried again (a reference keeps each alive)
 
     @staticmethod
     def _names(key: str, window: int) -> Tuple[str, str, str]:
@@ -224,7 +232,7 @@ class RedisLimiter:
             )
         except Exception as error:  # Redis down: admit, uncounted, rather than refuse everyone
             self._warn(error)
-            return Admission(key, window, 0, holds_slot=False, uncounted=True), None
+            return Admission(key, window, reserve, holds_slot=False, uncounted=True, slot_id=slot_id), None
         if self._store_down:
             self._store_down = False
             logger.warning("rate-limit store reachable again, requests are counted again")
@@ -236,13 +244,29 @@ class RedisLimiter:
         return Admission(key, window, reserve, holds_slot=True, slot_id=slot_id), None
 
     async def settle(self, admission: Admission, used_tokens: Optional[int]) -> None:
-        if not admission.holds_slot:
+        """Give the slot back (a no-op in Redis for a slot it never took) and settle the tokens. If
+        that fails, once more SETTLE_RETRY_S later in the background: the script is idempotent."""
+        if not admission.slot_id:
             return
         _, tokens, in_flight = self._names(admission.key, admission.window)
+        settle = functools.partial(
+            self._settle,
+            keys=[in_flight, tokens],
+            args=[admission.slot_id, (used_tokens or 0) - admission.reserved_tokens],
+        )
         try:
-            delta = (used_tokens or 0) - admission.reserved_tokens
-            await self._settle(keys=[in_flight, tokens], args=[admission.slot_id, delta])
+            await settle()
         except Exception as error:
+            self._warn(error)
+            retry = asyncio.get_running_loop().create_task(self._settle_later(settle))
+            self._retries.add(retry)
+            retry.add_done_callback(self._retries.discard)
+
+    async def _settle_later(self, settle: Callable[[], Any]) -> None:
+        await asyncio.sleep(SETTLE_RETRY_S)
+        try:
+            await settle()
+        except Exception as error:  # the slot stays taken until CONCURRENCY_TTL_S expires it
             self._warn(error)
 
     def _warn(self, error: Exception) -> None:
@@ -253,6 +277,8 @@ class RedisLimiter:
             logger.warning("rate-limit store unreachable, admitting requests uncounted: %s", error)
 
     async def close(self) -> None:
+        for retry in list(self._retries):
+            retry.cancel()
         try:
             await self._redis.aclose()
         except Exception:
