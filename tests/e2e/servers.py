@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,10 +26,31 @@ STARTUP_TIMEOUT_S = 900
 STOP_BOUND_S = 30
 
 
+# Ports handed out by free_port in this process: none twice.
+_HANDED_OUT: set = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free on 127.0.0.1, below the kernel's ephemeral range. A port from that range (what
+    binding port 0 gives) can be taken before the app binds it by an outgoing connection's local
+    port, and Ray opens hundreds: HAProxy once failed to start with "cannot bind socket (Address
+    already in use)" for the port a test had picked seconds before."""
+    range_file = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    ephemeral_low = int(range_file.read_text().split()[0]) if range_file.exists() else 0
+    candidates = range(max(1024, ephemeral_low - 12000), ephemeral_low)
+    for _ in range(500):
+        port = random.choice(candidates) if candidates else 0
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # in use (a listener, or a connection in TIME_WAIT)
+                continue
+            port = sock.getsockname()[1]
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port found in {candidates}")
 
 
 def per_instance_ports() -> Dict[str, str]:
