@@ -1,6 +1,7 @@
 """Per-key limits on both stores: in-process counters and a real redis-server (ci/install-tools.sh)."""
 
 import asyncio
+import contextlib
 import subprocess
 import time
 
@@ -219,39 +220,47 @@ class SlowReplyProxy:
         self._server.close()
 
 
+@contextlib.asynccontextmanager
+async def limiter_behind_proxy(redis_url: str, delay_s: float):
+    """A RedisLimiter (reply timeout 0.3 s) talking to Redis through a SlowReplyProxy."""
+    proxy = SlowReplyProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), delay_s)
+    await proxy.start()
+    limiter = RedisLimiter(LimitsConfig(), f"redis://127.0.0.1:{proxy.port}/0", clock=Clock(1000.0),
+                           socket_timeout_s=0.3)
+    try:
+        yield proxy, limiter
+    finally:
+        await limiter.close()
+        await proxy.close()
+
+
+def stored_counts(redis_url: str, key: str):
+    """What Redis holds for `key` (at Clock(1000.0)): requests and tokens in the window, slots taken."""
+    import redis
+
+    server = redis.Redis.from_url(redis_url)
+    requests, tokens, in_flight = RedisLimiter._names(key, window_of(1000.0, LimitsConfig().window_seconds)[0])
+    return int(server.get(requests) or 0), int(server.get(tokens) or 0), server.zcard(in_flight)
+
+
 def test_a_retry_after_a_reply_timed_out_counts_a_request_once(redis_url):
     """redis-py retries a command whose reply timed out; the server had applied it. Admission and
     settle must not count twice: with INCR/DECR, 50 streams under CPU starvation left a key's
     in-flight count at +1 or -9 (issue 14's disconnect case)."""
-    import redis
-
-    server = redis.Redis.from_url(redis_url)
-    key = f"retried-{time.time()}"
-    limit = LimitConfig(concurrent=10)
-    requests_key, tokens_key, in_flight_key = RedisLimiter._names(key, window_of(1000.0, LimitsConfig().window_seconds)[0])
-
-    def counts():
-        return int(server.get(requests_key) or 0), int(server.get(tokens_key) or 0), server.zcard(in_flight_key)
+    key, limit = f"retried-{time.time()}", LimitConfig(concurrent=10)
 
     async def scenario():
-        proxy = SlowReplyProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), delay_s=0.6)
-        await proxy.start()
-        limiter = RedisLimiter(LimitsConfig(), f"redis://127.0.0.1:{proxy.port}/0", clock=Clock(1000.0),
-                               socket_timeout_s=0.3)
-        try:
+        async with limiter_behind_proxy(redis_url, delay_s=0.6) as (proxy, limiter):
             first, _ = await limiter.admit(key, limit, 10)  # scripts loaded, connection warm
             await limiter.settle(first, 4)
-            assert counts() == (1, 4, 0)
+            assert stored_counts(redis_url, key) == (1, 4, 0)
             proxy.hold_replies = 1
             retried, refusal = await limiter.admit(key, limit, 10)
             assert refusal is None and not retried.uncounted
-            assert counts() == (2, 14, 1), "an admission retried after its reply timed out counted twice"
+            assert stored_counts(redis_url, key) == (2, 14, 1), "an admission retried after its reply timed out counted twice"
             proxy.hold_replies = 1
             await limiter.settle(retried, 4)
-            assert counts() == (2, 8, 0), "a settle retried after its reply timed out gave back twice"
-        finally:
-            await limiter.close()
-            await proxy.close()
+            assert stored_counts(redis_url, key) == (2, 8, 0), "a settle retried after its reply timed out gave back twice"
 
     run(scenario())
 
@@ -259,57 +268,35 @@ def test_a_retry_after_a_reply_timed_out_counts_a_request_once(redis_url):
 def test_an_admission_whose_replies_timed_out_is_uncounted_and_its_settle_gives_the_slot_back(redis_url):
     """Both tries timed out, but Redis took the slot: the request goes on uncounted, and its settle
     gives back the slot and settles the tokens (with two CPU hogs, 3 slots stayed taken)."""
-    import redis
-
-    server = redis.Redis.from_url(redis_url)
-    key = f"uncounted-{time.time()}"
-    requests_key, tokens_key, in_flight_key = RedisLimiter._names(key, window_of(1000.0, LimitsConfig().window_seconds)[0])
+    key, limit = f"uncounted-{time.time()}", LimitConfig(concurrent=10)
 
     async def scenario():
-        proxy = SlowReplyProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), delay_s=0.6)
-        await proxy.start()
-        limiter = RedisLimiter(LimitsConfig(), f"redis://127.0.0.1:{proxy.port}/0", clock=Clock(1000.0),
-                               socket_timeout_s=0.3)
-        try:
-            await limiter.settle((await limiter.admit(key, LimitConfig(concurrent=10), 0))[0], 0)  # warm
+        async with limiter_behind_proxy(redis_url, delay_s=0.6) as (proxy, limiter):
+            await limiter.settle((await limiter.admit(key, limit, 0))[0], 0)  # scripts loaded, connection warm
             proxy.hold_replies = 2
-            admission, refusal = await limiter.admit(key, LimitConfig(concurrent=10), 10)
+            admission, refusal = await limiter.admit(key, limit, 10)
             assert refusal is None and admission.uncounted
-            assert (int(server.get(tokens_key)), server.zcard(in_flight_key)) == (10, 1)  # taken all the same
+            assert stored_counts(redis_url, key) == (2, 10, 1)  # counted and taken all the same
             await limiter.settle(admission, 4)
-            assert (int(server.get(requests_key)), int(server.get(tokens_key)), server.zcard(in_flight_key)) == (2, 4, 0)
-        finally:
-            await limiter.close()
-            await proxy.close()
+            assert stored_counts(redis_url, key) == (2, 4, 0)
 
     run(scenario())
 
 
 def test_a_settle_that_fails_is_tried_again_later(redis_url, monkeypatch):
-    import redis
-
     from llm_serving.gateway import limits
 
     monkeypatch.setattr(limits, "SETTLE_RETRY_S", 0.3)
-    server = redis.Redis.from_url(redis_url)
     key = f"settle-again-{time.time()}"
-    in_flight_key = RedisLimiter._names(key, 0)[2]
 
     async def scenario():
-        proxy = SlowReplyProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), delay_s=0)
-        await proxy.start()
-        limiter = RedisLimiter(LimitsConfig(), f"redis://127.0.0.1:{proxy.port}/0", clock=Clock(1000.0),
-                               socket_timeout_s=0.3)
-        try:
+        async with limiter_behind_proxy(redis_url, delay_s=0) as (proxy, limiter):
             admission, _ = await limiter.admit(key, LimitConfig(concurrent=10), 0)
             proxy.refuse = True  # the store unreachable as the request ends
             await limiter.settle(admission, 0)
-            assert server.zcard(in_flight_key) == 1
+            assert stored_counts(redis_url, key)[2] == 1
             proxy.refuse = False
             await asyncio.sleep(0.8)
-            assert server.zcard(in_flight_key) == 0, "the failed settle was not tried again"
-        finally:
-            await limiter.close()
-            await proxy.close()
+            assert stored_counts(redis_url, key)[2] == 0, "the failed settle was not tried again"
 
     run(scenario())
