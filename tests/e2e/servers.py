@@ -270,3 +270,12 @@ def scrape(gateway) -> dict:
 def total(samples, name, **labels) -> float:
     wanted = set(labels.items())
     return sum(value for (sample, sample_labels), value in samples.items() if sample == name and wanted <= sample_labels)
+
+
+def engine_requests_running(app: RunningApp, model: str) -> float:
+    """vLLM's running-requests gauge for `model`; 0 when the scrape has none. Ray 2.60 evicts a gauge
+    that was not reported again within two export intervals (ray/_private/telemetry/
+    open_telemetry_metric_recorder.py), and vLLM reports it only while its engine works: seconds
+    after start-up or after its last request, the series is gone (seen here: present, then absent
+    for minutes while idle), while the counters stay."""
+    return total(scrape(app), "ray_vllm_num_requests_running", model_name=model)

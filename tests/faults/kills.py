@@ -61,7 +61,7 @@ import psutil
 import yaml
 
 from tests.charts.render import VALUES, render_chart
-from tests.e2e.servers import RunningApp, process_tree, redis_server, scrape, start_app, total
+from tests.e2e.servers import RunningApp, engine_requests_running, process_tree, redis_server, start_app
 from tests.faults.load import CONNECTION_CLOSED, OK, STREAM_ERROR, Outcome, StreamingLoad
 from tests.faults.report import FaultResult
 
@@ -150,7 +150,7 @@ class Instance:
         return StreamingLoad(self.app.api_url, API_KEY, MODEL, **settings)
 
     def engine_requests_running(self) -> float:
-        return total(scrape(self.app), "ray_vllm_num_requests_running", model_name=MODEL)
+        return engine_requests_running(self.app, MODEL)
 
 
 @contextmanager

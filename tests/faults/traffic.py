@@ -44,7 +44,7 @@ import yaml
 
 from llm_serving.gateway.limits import in_flight_key
 from tests.charts.render import VALUES, render_chart
-from tests.e2e.servers import RunningApp, free_port, process_tree, scrape, start_app, total
+from tests.e2e.servers import RunningApp, engine_requests_running, free_port, process_tree, scrape, start_app, total
 from tests.faults.report import FaultResult
 
 CHAT = "chat"
@@ -272,15 +272,6 @@ def engine_metric(instance: Instance, fragment: str, model: str) -> float:
     return sum(total(samples, name, model_name=model) for name in names)
 
 
-def engine_requests_running(instance: Instance, model: str) -> float:
-    """vLLM's running-requests gauge; 0 when the scrape has none. Ray 2.60 evicts a gauge that was
-    not reported again within two export intervals (ray/_private/telemetry/
-    open_telemetry_metric_recorder.py), and vLLM reports it only while its engine works: seconds
-    after start-up or after its last request, the series is gone (seen here: present, then absent
-    for minutes while idle), while the counters stay."""
-    return total(scrape(instance.app), "ray_vllm_num_requests_running", model_name=model)
-
-
 def finished_longer_than(instance: Instance, tokens: int, model: str) -> float:
     """Requests vLLM finished with more than `tokens` generated tokens (its per-request histogram,
     whose 1-2-5 bounds must include `tokens`). vLLM counts a request here when it finishes (stop or
@@ -318,7 +309,7 @@ def case_disconnects(instance: Instance) -> FaultResult:
         bound=("no request runs to its end; key's 50 slots free within 5 s; engine running gauge 0 and"
                " token counter still within 20 s each"),
     )
-    assert wait_until(lambda: engine_requests_running(instance, CHAT) == 0, 60) is not None, "engine busy before"
+    assert wait_until(lambda: engine_requests_running(instance.app, CHAT) == 0, 60) is not None, "engine busy before"
     tokens_before = engine_metric(instance, generated, CHAT)
     long_before = finished_longer_than(instance, LONG_FINISH, CHAT)
     client = instance.client(SLOTS_KEY)
@@ -366,7 +357,7 @@ def case_disconnects(instance: Instance) -> FaultResult:
     # checks (the last requests it had to run). Waited for, not read once: the gauge and the counter
     # reach the scrape through separate exports, so the gauge can read 0 one export before the last
     # tokens are counted (CI saw 3470 -> 3494 on one read).
-    stopped_s = wait_until(lambda: engine_requests_running(instance, CHAT) == 0, 20)
+    stopped_s = wait_until(lambda: engine_requests_running(instance.app, CHAT) == 0, 20)
     result.recovery_s = time.monotonic() - disconnected_at
     result.check(stopped_s is not None, "vLLM still running requests 20 s after the last slot check")
     scrapes = [engine_metric(instance, generated, CHAT)]
@@ -623,7 +614,7 @@ def case_slow_clients(instance: Instance) -> FaultResult:
             headers_f.result(), body_f.result(), unread_f.result())
     stop_probe.set()
     time.sleep(0.5)
-    engine_idle_s = wait_until(lambda: engine_requests_running(instance, SMALL) == 0, 30)
+    engine_idle_s = wait_until(lambda: engine_requests_running(instance.app, SMALL) == 0, 30)
 
     def shown(seconds: Optional[float]) -> str:
         return "still open" if seconds is None else f"{seconds:.1f} s"
