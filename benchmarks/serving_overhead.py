@@ -49,6 +49,7 @@ from benchmarks.trial_stats import (  # noqa: E402
     SLOW_MODE_DEFINITION,
     StreamedRequest,
     Trial,
+    fast_rounds,
     median_interval,
     paired_differences,
     paired_ratios,
@@ -68,6 +69,9 @@ FAST_PATH = {
 TOKENS = 16
 PROMPT = [{"role": "user", "content": "Tell me about Ray Serve and vLLM."}]
 ALL_SERVERS = ["C", "B", "A1", "A2", "A3", "A1'"]
+LOAD_GENERATOR = "load generator (this process)"
+# The CPU split prints processes that take at least this much per request (the rest are summed).
+CPU_SPLIT_MIN_MS = 0.05
 # Two phases: all six side by side would hold ~30 GiB (PSS: A1 5.1 GiB, A2 7.7, A3 4.9, C 2.6; frozen or not).
 # A1 is in both, the reference of every ratio but B/C; the twin A1' checks A1 within one phase.
 DEFAULT_PHASES = "C,B,A1,A1';A1,A2,A3"
@@ -236,6 +240,18 @@ class Server:
         self.wait_until_serving(deadline_s=900)
         self.start_seconds = time.monotonic() - started
 
+    def cpu_seconds(self) -> Dict[str, float]:
+        """CPU time (user + system) so far of every process of the tree, summed by process_label."""
+        by_label: Dict[str, float] = {}
+        for process in self._tree():
+            try:
+                label = process_label(process)
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            by_label[label] = by_label.get(label, 0.0) + times.user + times.system
+        return by_label
+
     def identities(self) -> Dict[Tuple[int, float], str]:
         """{(pid, start time): name} of every process of the tree: a replica that Ray replaced (say,
         after a failed health check of a frozen cluster) shows up as a new process of its name."""
@@ -322,6 +338,28 @@ class Server:
                 pass
 
 
+def process_label(process: psutil.Process) -> str:
+    """What a process of a server's tree is: Ray's and vLLM's process titles (ray::ServeReplica:
+    <app>:<deployment>, ray::HAProxyManager, VLLM::EngineCore, ...), else the program or script."""
+    args = process.cmdline()
+    if not args:
+        return process.name()
+    if args[0].startswith(("ray::", "VLLM::")):
+        return args[0].split()[0]
+    program = os.path.basename(args[0])
+    if program.startswith("python") and len(args) > 1:
+        return args[2] if args[1] == "-m" and len(args) > 2 else os.path.basename(args[1])
+    return program
+
+
+def cpu_split(before: Dict[str, float], after: Dict[str, float], requests: int) -> Dict[str, float]:
+    """CPU ms per request by process label between two cpu_seconds() readings (processes that
+    started in between count from zero; those that ended are left out)."""
+    if requests <= 0:
+        return {}
+    return {label: (seconds - before.get(label, 0.0)) * 1000 / requests for label, seconds in after.items()}
+
+
 def our_app_config(work: Path, name: str, with_embedding: bool, direct_streaming: bool) -> Path:
     keys = work / "keys.yaml"
     keys.write_text(yaml.safe_dump({"keys": [{"name": "bench", "key": API_KEY}]}))
@@ -399,7 +437,12 @@ def run_round(round_: int, servers: Dict[str, Server], label: Dict[str, str], or
             for concurrency in levels:
                 plain, streamed = requests_for(concurrency, args)
                 trial = Trial(label[name], round_, concurrency)
+                server_cpu, client_cpu = server.cpu_seconds(), _own_cpu_seconds()
                 asyncio.run(measure(trial, server.base_url, plain, streamed, args.stream_client))
+                answered = len(trial.latencies_ms) + len(trial.streamed)
+                trial.cpu_ms_per_request = cpu_split(server_cpu, server.cpu_seconds(), answered)
+                trial.cpu_ms_per_request.update(
+                    cpu_split({LOAD_GENERATOR: client_cpu}, {LOAD_GENERATOR: _own_cpu_seconds()}, answered))
                 trials[label[name]].append(trial)
                 errors = f" errors {trial.errors} ({trial.first_error})" if trial.errors else ""
                 cells.append(f"c={concurrency} {trial.requests_per_s:6.1f} req/s ttft {trial.ttft_p50_ms:5.1f} ms"
@@ -409,6 +452,11 @@ def run_round(round_: int, servers: Dict[str, Server], label: Dict[str, str], or
         finally:
             server.freeze()
         print(f"-- round {round_ + 1}, {label[name]:<6}: " + "; ".join(cells), flush=True)
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def print_settings(args, levels: Sequence[int]) -> None:
@@ -463,13 +511,49 @@ def print_report(trials: Dict[str, List[Trial]], pairs: List[Tuple[str, str]], l
     print("\nratios: median over rounds of the per-round req/s ratio [95% CI] (trials of one round paired); "
           "TTFT p50 difference in ms, median [95% CI]")
     for ours, base in pairs:
-        cells = []
-        for concurrency in levels:
-            ratio = median_interval(paired_ratios(trials[ours], trials[base], concurrency))
-            ttft = median_interval(paired_differences(trials[ours], trials[base], concurrency, "ttft_p50_ms"))
-            coverage = f", CI {ratio.coverage:.0%}" if ratio.n and ratio.coverage < 0.95 else ""
-            cells.append(f"c={concurrency}: {ratio}x (n={ratio.n}{coverage}), TTFT {ttft} ms")
-        print(f"{ours + '/' + base:<11} " + "; ".join(cells))
+        print(f"{ours + '/' + base:<11} " + "; ".join(
+            ratio_cell(trials[ours], trials[base], concurrency, None) for concurrency in levels))
+    print("\nratios in the fast mode: as above, over the rounds in which neither server's trial was slow "
+          "(what each path costs while the machine starves neither; the slow counts above say how often "
+          "each server fell into the slow mode)")
+    for ours, base in pairs:
+        print(f"{ours + '/' + base:<11} " + "; ".join(
+            ratio_cell(trials[ours], trials[base], concurrency, fast_rounds(trials[ours], trials[base], concurrency))
+            for concurrency in levels))
+
+
+def print_cpu_split(trials: Dict[str, List[Trial]], levels: Sequence[int]) -> None:
+    """Where each server's time goes: CPU ms per answered request by process, median over its trials."""
+    print(f"\nCPU per answered request (ms, user + system), median over trials, by process of the server's "
+          f"tree and the load generator; processes under {CPU_SPLIT_MIN_MS} ms at every concurrency are summed "
+          "as 'other'; total is the median of the per-trial sums")
+    for label, server_trials in trials.items():
+        splits = {c: [t.cpu_ms_per_request for t in server_trials if t.concurrency == c and t.cpu_ms_per_request]
+                  for c in levels}
+        names = {name for per_level in splits.values() for split in per_level for name in split}
+        medians = {c: {name: _nan_median([split.get(name, 0.0) for split in splits[c]]) for name in names}
+                   for c in levels}
+
+        def largest(name: str) -> float:
+            return max((medians[c][name] for c in levels if not math.isnan(medians[c][name])), default=0.0)
+
+        shown = sorted((name for name in names if largest(name) >= CPU_SPLIT_MIN_MS), key=largest, reverse=True)
+        print(f"{label + ':':<62}" + "".join(f"{'c=' + str(c):>10}" for c in levels))
+        for name in shown:
+            print(f"  {name[:60]:<60}" + "".join(f"{fmt_ms(medians[c][name]):>10}" for c in levels))
+        other = {c: _nan_median([sum(v for n, v in split.items() if n not in shown) for split in splits[c]])
+                 for c in levels}
+        total = {c: _nan_median([sum(split.values()) for split in splits[c]]) for c in levels}
+        print(f"  {'other':<60}" + "".join(f"{fmt_ms(other[c]):>10}" for c in levels))
+        print(f"  {'total':<60}" + "".join(f"{fmt_ms(total[c]):>10}" for c in levels))
+
+
+def ratio_cell(ours: List[Trial], base: List[Trial], concurrency: int, rounds: Optional[Set[int]]) -> str:
+    """One concurrency's req/s ratio and TTFT difference of two servers, over `rounds` (None: all)."""
+    ratio = median_interval(paired_ratios(ours, base, concurrency, rounds=rounds))
+    ttft = median_interval(paired_differences(ours, base, concurrency, "ttft_p50_ms", rounds=rounds))
+    coverage = f", CI {ratio.coverage:.0%}" if ratio.n and ratio.coverage < 0.95 else ""
+    return f"c={concurrency}: {ratio}x (n={ratio.n}{coverage}), TTFT {ttft} ms"
 
 
 def _nan_median(values: List[float]) -> float:
@@ -524,6 +608,7 @@ def main() -> None:
         pairs += [(label[a], label[b]) for a, b in ratio_pairs(names)]
         run_phase(number, names, label, trials, levels, args, work, model_path, server_cpus, client_cpus)
     print_report(trials, pairs, levels)
+    print_cpu_split(trials, levels)
     print(f"\nthe whole run took {(time.monotonic() - begun) / 60:.1f} min")
 
 

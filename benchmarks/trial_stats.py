@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Set, Tuple
 
 CONFIDENCE = 0.95
 # A streamed request arrived "in one piece" when all its chunks came within this share of its whole
@@ -97,6 +97,9 @@ class Trial:
     streamed: List[StreamedRequest] = field(default_factory=list)
     errors: int = 0
     first_error: str = ""  # what the first failed request got, for the progress line
+    # CPU time per answered request (non-streamed and streamed alike), by process of the server's tree
+    # (process_label) and "load generator": where a path's time goes.
+    cpu_ms_per_request: Dict[str, float] = field(default_factory=dict)
 
     @property
     def latency_p50_ms(self) -> float:
@@ -129,12 +132,28 @@ def slow_trials(trials: Sequence[Trial]) -> List[Trial]:
     ]
 
 
+def slow_rounds(trials: Sequence[Trial], concurrency: int) -> Set[int]:
+    """The rounds in which one server's trial at `concurrency` was in the slow mode."""
+    return {t.round for t in slow_trials(trials) if t.concurrency == concurrency}
+
+
+def fast_rounds(first: Sequence[Trial], second: Sequence[Trial], concurrency: int) -> Set[int]:
+    """The rounds in which both servers have a trial at `concurrency` and neither was in the slow
+    mode: a ratio over these compares the servers as they run when the machine is not starving one
+    (the slow-mode counts, printed per server, show whether one server falls into it more often)."""
+    rounds = {t.round for t in first if t.concurrency == concurrency} & {
+        t.round for t in second if t.concurrency == concurrency}
+    return rounds - slow_rounds(first, concurrency) - slow_rounds(second, concurrency)
+
+
 def paired_ratios(numerator: Sequence[Trial], denominator: Sequence[Trial], concurrency: int,
-                  metric: str = "requests_per_s") -> List[float]:
+                  metric: str = "requests_per_s", rounds: Optional[Collection[int]] = None) -> List[float]:
     """numerator/denominator of `metric`, one per round in which both servers have a trial at
-    `concurrency` with a usable value (a round where either failed is left out, not guessed)."""
+    `concurrency` with a usable value (a round where either failed is left out, not guessed);
+    `rounds`, when given, keeps only those rounds."""
     def by_round(trials: Sequence[Trial]) -> Dict[int, float]:
-        return {t.round: getattr(t, metric) for t in trials if t.concurrency == concurrency}
+        return {t.round: getattr(t, metric) for t in trials if t.concurrency == concurrency
+                and (rounds is None or t.round in rounds)}
 
     ours, theirs = by_round(numerator), by_round(denominator)
     ratios = []
@@ -147,10 +166,13 @@ def paired_ratios(numerator: Sequence[Trial], denominator: Sequence[Trial], conc
 
 
 def paired_differences(first: Sequence[Trial], second: Sequence[Trial], concurrency: int,
-                       metric: str) -> List[float]:
+                       metric: str, rounds: Optional[Collection[int]] = None) -> List[float]:
     """first - second of `metric` per round, paired as paired_ratios pairs them."""
-    a_by_round = {t.round: getattr(t, metric) for t in first if t.concurrency == concurrency}
-    b_by_round = {t.round: getattr(t, metric) for t in second if t.concurrency == concurrency}
+    def by_round(trials: Sequence[Trial]) -> Dict[int, float]:
+        return {t.round: getattr(t, metric) for t in trials if t.concurrency == concurrency
+                and (rounds is None or t.round in rounds)}
+
+    a_by_round, b_by_round = by_round(first), by_round(second)
     return [a_by_round[r] - b_by_round[r] for r in sorted(a_by_round.keys() & b_by_round.keys())
             if not (math.isnan(a_by_round[r]) or math.isnan(b_by_round[r]))]
 

@@ -7,6 +7,7 @@ import pytest
 from benchmarks.trial_stats import (
     StreamedRequest,
     Trial,
+    fast_rounds,
     median_interval,
     paired_differences,
     paired_ratios,
@@ -95,6 +96,19 @@ def test_ratios_pair_the_trials_of_one_round_and_skip_rounds_where_either_is_mis
     base_ttft = [Trial("A1", 1, 1, streamed=[streamed(10, 1.0)]), Trial("A1", 0, 1, streamed=[streamed(7, 1.0)])]
     assert paired_differences(ours_ttft, base_ttft, 1, "ttft_p50_ms") == [2.0, 2.0]
 
+
+
+def test_fast_rounds_leave_out_a_round_where_either_server_was_slow_and_ratios_can_keep_only_those():
+    ours = [Trial("A2", r, 8, requests_per_s=rate, streamed=[streamed(5, 1.0)])
+            for r, rate in enumerate([100, 90, 95, 20, 100])]
+    ours[1].streamed = [streamed(26, 0.0)]  # round 1: A2's streams came in one piece
+    base = [Trial("A1", r, 8, requests_per_s=rate, streamed=[streamed(5, 1.0)])
+            for r, rate in enumerate([100, 100, 100, 100, 30])]  # round 4: A1 far below its median
+    base.append(Trial("A1", 5, 8, requests_per_s=100))  # round 5: no A2 trial
+    assert fast_rounds(ours, base, 8) == {0, 2}  # round 3: A2 at 20 is below half its median of 95
+    assert paired_ratios(ours, base, 8, rounds={0, 2}) == [1.0, 0.95]
+    assert paired_differences(ours, base, 8, "ttft_p50_ms", rounds={2}) == [0.0]
+    assert fast_rounds(ours, base, 1) == set()
 
 def test_round_order_gives_every_server_every_position_and_the_pairs_present():
     servers = ["C", "B", "A1"]
