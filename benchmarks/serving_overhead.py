@@ -240,17 +240,16 @@ class Server:
         self.wait_until_serving(deadline_s=900)
         self.start_seconds = time.monotonic() - started
 
-    def cpu_seconds(self) -> Dict[str, float]:
-        """CPU time (user + system) so far of every process of the tree, summed by process_label."""
-        by_label: Dict[str, float] = {}
+    def cpu_seconds(self) -> Dict[int, Tuple[str, float]]:
+        """{pid: (process_label, CPU time so far, user + system)} of every process of the tree."""
+        readings = {}
         for process in self._tree():
             try:
-                label = process_label(process)
                 times = process.cpu_times()
+                readings[process.pid] = (process_label(process), times.user + times.system)
             except psutil.NoSuchProcess:
                 continue
-            by_label[label] = by_label.get(label, 0.0) + times.user + times.system
-        return by_label
+        return readings
 
     def identities(self) -> Dict[Tuple[int, float], str]:
         """{(pid, start time): name} of every process of the tree: a replica that Ray replaced (say,
@@ -345,19 +344,34 @@ def process_label(process: psutil.Process) -> str:
     if not args:
         return process.name()
     if args[0].startswith(("ray::", "VLLM::")):
-        return args[0].split()[0]
+        title = args[0].split()[0]
+        # While an actor runs a method Ray titles it ray::Actor.method (ray::ServeController.
+        # listen_for_change): the actor is what counts. Model ids keep their dots (llama-3.1-8b).
+        head, dot, method = title.rpartition(".")
+        return head if dot and method.isidentifier() else title
     program = os.path.basename(args[0])
-    if program.startswith("python") and len(args) > 1:
-        return args[2] if args[1] == "-m" and len(args) > 2 else os.path.basename(args[1])
+    if program.startswith("python"):
+        rest = args[1:]
+        while rest and rest[0].startswith("-") and rest[0] != "-m":  # interpreter flags (-u, -s)
+            rest = rest[1:]
+        if rest[:1] == ["-m"] and len(rest) > 1:
+            return rest[1]
+        return os.path.basename(rest[0]) if rest else program
     return program
 
 
-def cpu_split(before: Dict[str, float], after: Dict[str, float], requests: int) -> Dict[str, float]:
-    """CPU ms per request by process label between two cpu_seconds() readings (processes that
-    started in between count from zero; those that ended are left out)."""
+def cpu_split(before: Dict[int, Tuple[str, float]], after: Dict[int, Tuple[str, float]],
+              requests: int) -> Dict[str, float]:
+    """CPU ms per request, summed by process label, between two cpu_seconds() readings. Taken per
+    process (a process's title can change in between); one that started in between counts from
+    zero, one that ended is left out."""
     if requests <= 0:
         return {}
-    return {label: (seconds - before.get(label, 0.0)) * 1000 / requests for label, seconds in after.items()}
+    split: Dict[str, float] = {}
+    for pid, (label, seconds) in after.items():
+        used = seconds - (before[pid][1] if pid in before else 0.0)
+        split[label] = split.get(label, 0.0) + used * 1000 / requests
+    return split
 
 
 def our_app_config(work: Path, name: str, with_embedding: bool, direct_streaming: bool) -> Path:
@@ -442,7 +456,7 @@ def run_round(round_: int, servers: Dict[str, Server], label: Dict[str, str], or
                 answered = len(trial.latencies_ms) + len(trial.streamed)
                 trial.cpu_ms_per_request = cpu_split(server_cpu, server.cpu_seconds(), answered)
                 trial.cpu_ms_per_request.update(
-                    cpu_split({LOAD_GENERATOR: client_cpu}, {LOAD_GENERATOR: _own_cpu_seconds()}, answered))
+                    cpu_split({0: (LOAD_GENERATOR, client_cpu)}, {0: (LOAD_GENERATOR, _own_cpu_seconds())}, answered))
                 trials[label[name]].append(trial)
                 errors = f" errors {trial.errors} ({trial.first_error})" if trial.errors else ""
                 cells.append(f"c={concurrency} {trial.requests_per_s:6.1f} req/s ttft {trial.ttft_p50_ms:5.1f} ms"

@@ -15,6 +15,7 @@ from benchmarks.trial_stats import (
     round_order,
     slow_trials,
 )
+from benchmarks.serving_overhead import cpu_split, process_label
 
 
 def test_median_interval_takes_the_order_statistics_of_the_binomial():
@@ -97,7 +98,6 @@ def test_ratios_pair_the_trials_of_one_round_and_skip_rounds_where_either_is_mis
     assert paired_differences(ours_ttft, base_ttft, 1, "ttft_p50_ms") == [2.0, 2.0]
 
 
-
 def test_fast_rounds_leave_out_a_round_where_either_server_was_slow_and_ratios_can_keep_only_those():
     ours = [Trial("A2", r, 8, requests_per_s=rate, streamed=[streamed(5, 1.0)])
             for r, rate in enumerate([100, 90, 95, 20, 100])]
@@ -109,6 +109,35 @@ def test_fast_rounds_leave_out_a_round_where_either_server_was_slow_and_ratios_c
     assert paired_ratios(ours, base, 8, rounds={0, 2}) == [1.0, 0.95]
     assert paired_differences(ours, base, 8, "ttft_p50_ms", rounds={2}) == [0.0]
     assert fast_rounds(ours, base, 1) == set()
+
+
+class _Process:  # what process_label reads of a psutil.Process
+    def __init__(self, *args: str):
+        self.args = list(args)
+
+    def cmdline(self):
+        return self.args
+
+    def name(self):
+        return "kworker"
+
+
+def test_processes_are_labelled_by_title_or_program_and_their_cpu_is_taken_per_process():
+    assert process_label(_Process("ray::ServeController.listen_for_change")) == "ray::ServeController"
+    assert process_label(_Process("ray::ServeReplica:app:LLMServer:llama-3.1-8b")) == \
+        "ray::ServeReplica:app:LLMServer:llama-3.1-8b"
+    assert process_label(_Process("VLLM::EngineCore")) == "VLLM::EngineCore"
+    assert process_label(_Process("/venv/bin/python3", "-u", "/ray/_private/log_monitor.py", "--x")) == "log_monitor.py"
+    assert process_label(_Process("/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server")) == \
+        "vllm.entrypoints.openai.api_server"
+    assert process_label(_Process("/usr/sbin/haproxy", "-f", "cfg")) == "haproxy"
+    assert process_label(_Process()) == "kworker"
+    # pid 1 changed its title (counted by its own delta), pid 2 ended, pid 3 started during the trial.
+    before = {1: ("ray::ServeController", 5.0), 2: ("raylet", 1.0)}
+    after = {1: ("ray::ServeController.listen_for_change", 5.5), 3: ("raylet", 0.2)}
+    assert cpu_split(before, after, 10) == {"ray::ServeController.listen_for_change": 50.0, "raylet": 20.0}
+    assert cpu_split(before, after, 0) == {}
+
 
 def test_round_order_gives_every_server_every_position_and_the_pairs_present():
     servers = ["C", "B", "A1"]
