@@ -241,7 +241,7 @@ class Server:
         self.start_seconds = time.monotonic() - started
 
     def cpu_seconds(self) -> Dict[int, Tuple[str, float]]:
-        """{pid: (process_label, CPU time so far, user + system)} of every process of the tree."""
+        """{pid: (process_label, user + system CPU seconds so far)} of every process of the tree."""
         readings = {}
         for process in self._tree():
             try:
@@ -451,12 +451,12 @@ def run_round(round_: int, servers: Dict[str, Server], label: Dict[str, str], or
             for concurrency in levels:
                 plain, streamed = requests_for(concurrency, args)
                 trial = Trial(label[name], round_, concurrency)
-                server_cpu, client_cpu = server.cpu_seconds(), _own_cpu_seconds()
+                server_before, client_before = server.cpu_seconds(), _own_cpu_seconds()
                 asyncio.run(measure(trial, server.base_url, plain, streamed, args.stream_client))
+                server_after, client_after = server.cpu_seconds(), _own_cpu_seconds()
                 answered = len(trial.latencies_ms) + len(trial.streamed)
-                trial.cpu_ms_per_request = cpu_split(server_cpu, server.cpu_seconds(), answered)
-                trial.cpu_ms_per_request.update(
-                    cpu_split({0: (LOAD_GENERATOR, client_cpu)}, {0: (LOAD_GENERATOR, _own_cpu_seconds())}, answered))
+                trial.cpu_ms_per_request = {**cpu_split(server_before, server_after, answered),
+                                            **cpu_split(client_before, client_after, answered)}
                 trials[label[name]].append(trial)
                 errors = f" errors {trial.errors} ({trial.first_error})" if trial.errors else ""
                 cells.append(f"c={concurrency} {trial.requests_per_s:6.1f} req/s ttft {trial.ttft_p50_ms:5.1f} ms"
@@ -468,9 +468,10 @@ def run_round(round_: int, servers: Dict[str, Server], label: Dict[str, str], or
         print(f"-- round {round_ + 1}, {label[name]:<6}: " + "; ".join(cells), flush=True)
 
 
-def _own_cpu_seconds() -> float:
+def _own_cpu_seconds() -> Dict[int, Tuple[str, float]]:
+    """The load generator's CPU time so far, as Server.cpu_seconds gives a server's."""
     times = os.times()
-    return times.user + times.system
+    return {os.getpid(): (LOAD_GENERATOR, times.user + times.system)}
 
 
 def print_settings(args, levels: Sequence[int]) -> None:

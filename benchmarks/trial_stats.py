@@ -146,16 +146,20 @@ def fast_rounds(first: Sequence[Trial], second: Sequence[Trial], concurrency: in
     return rounds - slow_rounds(first, concurrency) - slow_rounds(second, concurrency)
 
 
+def _by_round(trials: Sequence[Trial], concurrency: int, metric: str,
+              rounds: Optional[Collection[int]]) -> Dict[int, float]:
+    """{round: the trial's `metric`} of one server's trials at `concurrency`, in `rounds` (None: all)."""
+    return {t.round: getattr(t, metric) for t in trials
+            if t.concurrency == concurrency and (rounds is None or t.round in rounds)}
+
+
 def paired_ratios(numerator: Sequence[Trial], denominator: Sequence[Trial], concurrency: int,
                   metric: str = "requests_per_s", rounds: Optional[Collection[int]] = None) -> List[float]:
     """numerator/denominator of `metric`, one per round in which both servers have a trial at
     `concurrency` with a usable value (a round where either failed is left out, not guessed);
     `rounds`, when given, keeps only those rounds."""
-    def by_round(trials: Sequence[Trial]) -> Dict[int, float]:
-        return {t.round: getattr(t, metric) for t in trials if t.concurrency == concurrency
-                and (rounds is None or t.round in rounds)}
-
-    ours, theirs = by_round(numerator), by_round(denominator)
+    ours = _by_round(numerator, concurrency, metric, rounds)
+    theirs = _by_round(denominator, concurrency, metric, rounds)
     ratios = []
     for round_ in sorted(ours.keys() & theirs.keys()):
         a, b = ours[round_], theirs[round_]
@@ -168,11 +172,8 @@ def paired_ratios(numerator: Sequence[Trial], denominator: Sequence[Trial], conc
 def paired_differences(first: Sequence[Trial], second: Sequence[Trial], concurrency: int,
                        metric: str, rounds: Optional[Collection[int]] = None) -> List[float]:
     """first - second of `metric` per round, paired as paired_ratios pairs them."""
-    def by_round(trials: Sequence[Trial]) -> Dict[int, float]:
-        return {t.round: getattr(t, metric) for t in trials if t.concurrency == concurrency
-                and (rounds is None or t.round in rounds)}
-
-    a_by_round, b_by_round = by_round(first), by_round(second)
+    a_by_round = _by_round(first, concurrency, metric, rounds)
+    b_by_round = _by_round(second, concurrency, metric, rounds)
     return [a_by_round[r] - b_by_round[r] for r in sorted(a_by_round.keys() & b_by_round.keys())
             if not (math.isnan(a_by_round[r]) or math.isnan(b_by_round[r]))]
 
