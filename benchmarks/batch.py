@@ -14,8 +14,8 @@ Per round it prints the TTFT p50 ratio (during / alone) and the requests/s ratio
 the numbers batch.engine_share, batch.worker_niceness and batch.max_rows_per_s are there to keep
 near 1; then the median of the per-round values with a distribution-free 95% interval
 (benchmarks/trial_stats.py). A ratio is taken within a round, so a machine that is slower in one
-minute than the next moves both of its terms. To compare two settings (e.g. --max-rows-per-s 2 and none), run twice and compare the
-intervals: the settings are fixed when the app is built.
+minute than the next moves both of its terms. To compare two settings (e.g. --max-rows-per-s 2 and
+none), run twice and compare the intervals: the settings are fixed when the app is built.
 Run by hand (make bench does not run it; the default run takes about 10 minutes on two cores):
   .venv/bin/python benchmarks/batch.py [--rounds 8] [--online 80] [--concurrency 4] [--rows 200]
       [--busy-rows 1000] [--engine-share 0.25] [--worker-niceness 19] [--max-rows-per-s 2]
