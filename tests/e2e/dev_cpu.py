@@ -35,15 +35,26 @@ def dev_cpu_with_keys(keys_file) -> dict:
 
 
 @contextmanager
-def chat_model_app(work: Path, adjust: Callable[[dict], None]) -> Iterator[RunningApp]:
-    """`served` on dev-cpu's chat model alone, with the test keys and the profile's args changed by
-    `adjust`."""
+def served_with_keys(work: Path, adjust: Callable[[dict], None]) -> Iterator[RunningApp]:
+    """`served` on dev-cpu's models, with the test keys and the profile's args changed by `adjust`."""
     keys_file = work / "api-keys.yaml"
     keys_file.write_text(yaml.safe_dump(KEYS_DOCUMENT))
     args = dev_cpu_with_keys(keys_file)
-    args["models"] = {CHAT_MODEL: args["models"][CHAT_MODEL]}
     adjust(args)
     with served(work, args) as app:
+        yield app
+
+
+@contextmanager
+def chat_model_app(work: Path, adjust: Callable[[dict], None]) -> Iterator[RunningApp]:
+    """`served` on dev-cpu's chat model alone, with the test keys and the profile's args changed by
+    `adjust`."""
+
+    def chat_model_alone(args: dict) -> None:
+        args["models"] = {CHAT_MODEL: args["models"][CHAT_MODEL]}
+        adjust(args)
+
+    with served_with_keys(work, chat_model_alone) as app:
         yield app
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ray import serve
 from ray.serve.deployment import Application
@@ -98,11 +98,19 @@ def prefix_routing_needs_the_gateway(model: ModelConfig) -> bool:
     )
 
 
+def direct_model_name(config: AppConfig) -> Optional[str]:
+    """The model whose engine replica may be the ingress: the only one, or gateway.direct_model."""
+    if len(config.models) == 1:
+        return next(iter(config.models))
+    return config.gateway.direct_model
+
+
 def uses_direct_streaming(config: AppConfig) -> bool:
-    """The engine replica can be the ingress only with one model and Ray's HAProxy in front."""
+    """The engine replica can be the ingress only for one model (the only one, or
+    gateway.direct_model) and with Ray's HAProxy in front."""
     return (
         config.gateway.direct_streaming
-        and len(config.models) == 1
+        and direct_model_name(config) is not None
         and config.rag is None  # RAG lives in the gateway deployment
         # Adapters are checked and listed in the gateway deployment (and Ray's direct path needs
         # RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1 for them, core/ingress/builder.py).
@@ -122,10 +130,19 @@ def build_app(args: Dict[str, Any]) -> Application:
     # of the deployment named GATEWAY_DEPLOYMENT, in both topologies (see serve_config).
 
     if uses_direct_streaming(config):
-        (llm_config,) = llm_configs.values()
+        direct = direct_model_name(config)
+        assert direct is not None
+        llm_config = llm_configs[direct]
+        # With several models, the direct model's replica reaches the others over handles
+        # (server.GatewayLLMServer); /v1/models lists every model's card.
+        others = {name: llm_deployment(c, config.models[name]) for name, c in llm_configs.items() if name != direct}
+        bind_kwargs: Dict[str, Any] = {"gateway": gateway}
+        if others:
+            bind_kwargs["other_models"] = others
+            bind_kwargs["model_cards"] = {name: to_model_metadata(name, c) for name, c in llm_configs.items()}
         # Ray Serve LLM names the engine deployment after the model; the override comes after that.
         server = build_direct_streaming_llm_deployment(
-            llm_config, bind_kwargs={"gateway": gateway}, override_serve_options={"name": GATEWAY_DEPLOYMENT}
+            llm_config, bind_kwargs=bind_kwargs, override_serve_options={"name": GATEWAY_DEPLOYMENT}
         )
         router = build_openai_ingress_request_router(server=server, llm_config=llm_config)
         return with_ingress_request_router(server, router)

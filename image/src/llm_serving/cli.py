@@ -143,7 +143,7 @@ def _run_server(args: argparse.Namespace, path: Path, checked, run_directory: Pa
         _bind_haproxy_to(args.host, run_directory)
 
     from llm_serving._ray import init_local_ray
-    from llm_serving.app import prefix_routing_needs_the_gateway, uses_direct_streaming
+    from llm_serving.app import direct_model_name, prefix_routing_needs_the_gateway, uses_direct_streaming
     from llm_serving.local_deploy import DeployFailed, DeploymentProgress, LocalDeployer
 
     # More logical CPUs than cores: each CPU engine holds a bundle, and the gateway and Serve's own
@@ -173,6 +173,9 @@ def _run_server(args: argparse.Namespace, path: Path, checked, run_directory: Pa
             if direct
             else "gateway deployment in front of the engines"
         )
+        if direct and len(config.models) > 1:
+            others = ", ".join(name for name in config.models if name != direct_model_name(config))
+            topology += f" (of {direct_model_name(config)}; {others} through it)"
         (only_model,) = config.models.values() if len(config.models) == 1 else (None,)
         if (
             not direct
@@ -238,12 +241,13 @@ def _free_loopback_port() -> int:
 
 def _deployment_label(config, direct: bool):
     """What a progress line calls a deployment: the model it serves, or Gateway in front of several."""
+    from llm_serving.app import direct_model_name
     from llm_serving.serve_config import GATEWAY_DEPLOYMENT
     from llm_serving.server import GatewayLLMServer
 
     def label(deployment: str) -> str:
         if deployment == GATEWAY_DEPLOYMENT:
-            return next(iter(config.models)) if direct else deployment
+            return (direct_model_name(config) or deployment) if direct else deployment
         # Ray Serve LLM names an engine deployment `<server class>:<model id>` (`/` and `.` replaced).
         return deployment.removeprefix(f"{GatewayLLMServer.__name__}:")
 

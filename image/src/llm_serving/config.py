@@ -470,6 +470,14 @@ class GatewayConfig(StrictModel):
             "ingress (the fastest path); false always routes through the gateway deployment."
         ),
     )
+    direct_model: Optional[str] = Field(
+        None,
+        description=(
+            "With several models: the model whose engine replica is the ingress, as with one model (no "
+            "gateway deployment, so no extra hop for it); the other models are reached from that replica "
+            "over Serve handles. Not with rag, batch or LoRA models, which need the gateway deployment."
+        ),
+    )
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="Gateway deployment sizing.")
 
 
@@ -680,6 +688,33 @@ class AppConfig(StrictModel):
             raise ValueError(
                 f"rag.default_embedding_model {default!r} is not a model with task: embed; choose one of: "
                 + ", ".join(embed)
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _direct_model_can_be_the_ingress(self) -> AppConfig:
+        name = self.gateway.direct_model
+        if name is None:
+            return self
+        if name not in self.models:
+            raise ValueError(
+                f"gateway.direct_model {name!r} is not one of the models; choose one of: " + ", ".join(self.models)
+            )
+        if not self.gateway.direct_streaming:
+            raise ValueError("gateway.direct_model needs gateway.direct_streaming: true; remove one of them")
+        needs_the_gateway = [
+            feature
+            for feature, used in (
+                ("rag", self.rag is not None),
+                ("batch", self.batch is not None),
+                ("LoRA models", any(model.lora is not None for model in self.models.values())),
+            )
+            if used
+        ]
+        if needs_the_gateway:
+            raise ValueError(
+                f"gateway.direct_model cannot be used with {' and '.join(needs_the_gateway)}: they run in the "
+                "gateway deployment; remove gateway.direct_model (or them)"
             )
         return self
 

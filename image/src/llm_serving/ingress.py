@@ -114,55 +114,20 @@ class ModelReadiness:
             await asyncio.sleep(READINESS_POLL_INTERVAL_S)
 
 
-class _GatewayOpenAiIngress(with_engine_response_hook(OpenAiIngress)):  # type: ignore[misc]
+class EngineCalls(with_engine_response_hook(OpenAiIngress)):  # type: ignore[misc]
+    """Ray Serve LLM's OpenAiIngress calls to the engines' handles, with replica deaths and models
+    that stop being ready while a request waits turned into 503s (engine_responses). The gateway
+    deployment serves them; so does a direct model's engine replica, for the other models."""
+
     def __init__(
         self,
         llm_deployments: Dict[str, DeploymentHandle],
         model_cards: Dict[str, Any],
         *,
-        gateway: Dict[str, Any],
         lora_paths: Optional[Dict[str, str]] = None,
-        adapter_sources: Optional[Dict[str, str]] = None,
-        rag: Optional[Dict[str, Any]] = None,
-        rag_store: Optional[DeploymentHandle] = None,
-        batch: Optional[Dict[str, Any]] = None,
-        batch_runner: Optional[DeploymentHandle] = None,
     ):
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
-        self._model_names = list(model_cards)
-        # Each LoRA model's lora.source: the gateway checks and lists adapters from local folders too,
-        # which Ray's own lora_paths cannot hold (cloud prefixes only).
-        self._adapters = AdapterCatalog(adapter_sources or {})
-        self._rag, self._rag_store = rag, rag_store
-        self._batch, self._batch_runner = batch, batch_runner
-        self._gateway_config = GatewayConfig.model_validate(gateway)
-        self._key_store = key_store_for(self._gateway_config)
         self._readiness = ModelReadiness(llm_deployments)
-        self._traffic = TrafficControl(self._gateway_config, self._model_names, self._key_store)
-
-    async def reconfigure(self, user_config: Dict[str, Any]) -> None:
-        """Serve's user_config: aliases, sticky routing and limits, applied in place."""
-        await self._traffic.reconfigure(user_config)
-
-    async def model(self, model_id: str) -> Optional[Any]:
-        """A served model's card, or an existing adapter's: its base model's card under its own id."""
-        base, adapter = split_adapter(model_id)
-        if adapter is None or not self._adapters.has_adapters(base):
-            return await super().model(model_id)
-        if adapter not in await self._adapters.adapters(base):
-            return None
-        base_card = await super().model(base)
-        return base_card.model_copy(update={"id": model_id}) if base_card is not None else None
-
-    async def models(self) -> Any:
-        """GET /v1/models: the served models, each followed by the adapters it has."""
-        listing = await super().models()
-        cards = []
-        for card in listing.data:
-            cards.append(card)
-            for adapter in await self._adapters.adapters(card.id):
-                cards.append(card.model_copy(update={"id": f"{card.id}:{adapter}"}))
-        return listing.model_copy(update={"data": cards})
 
     async def engine_responses(self, responses: AsyncIterator[Any], model: Optional[str]) -> AsyncIterator[Any]:
         """The engine's responses (see _ray.with_engine_response_hook), with what clients see when
@@ -223,6 +188,81 @@ class _GatewayOpenAiIngress(with_engine_response_hook(OpenAiIngress)):  # type: 
             "with" if had_replicas else "without",
             "never" if polled_at is None else f"{time.monotonic() - polled_at:.1f} s ago",
         )
+
+
+class _GatewayOpenAiIngress(EngineCalls):
+    def __init__(
+        self,
+        llm_deployments: Dict[str, DeploymentHandle],
+        model_cards: Dict[str, Any],
+        *,
+        gateway: Dict[str, Any],
+        lora_paths: Optional[Dict[str, str]] = None,
+        adapter_sources: Optional[Dict[str, str]] = None,
+        rag: Optional[Dict[str, Any]] = None,
+        rag_store: Optional[DeploymentHandle] = None,
+        batch: Optional[Dict[str, Any]] = None,
+        batch_runner: Optional[DeploymentHandle] = None,
+    ):
+        super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
+        self._model_names = list(model_cards)
+        # Each LoRA model's lora.source: the gateway checks and lists adapters from local folders too,
+        # which Ray's own lora_paths cannot hold (cloud prefixes only).
+        self._adapters = AdapterCatalog(adapter_sources or {})
+        self._rag, self._rag_store = rag, rag_store
+        self._batch, self._batch_runner = batch, batch_runner
+        self._gateway_config = GatewayConfig.model_validate(gateway)
+        self._key_store = key_store_for(self._gateway_config)
+        self._traffic = TrafficControl(self._gateway_config, self._model_names, self._key_store)
+
+    async def reconfigure(self, user_config: Dict[str, Any]) -> None:
+        """Serve's user_config: aliases, sticky routing and limits, applied in place."""
+        await self._traffic.reconfigure(user_config)
+
+    async def model(self, model_id: str) -> Optional[Any]:
+        """A served model's card, or an existing adapter's: its base model's card under its own id."""
+        base, adapter = split_adapter(model_id)
+        if adapter is None or not self._adapters.has_adapters(base):
+            return await super().model(model_id)
+        if adapter not in await self._adapters.adapters(base):
+            return None
+        base_card = await super().model(base)
+        return base_card.model_copy(update={"id": model_id}) if base_card is not None else None
+
+    async def models(self) -> Any:
+        """GET /v1/models: the served models, each followed by the adapters it has."""
+        listing = await super().models()
+        cards = []
+        for card in listing.data:
+            cards.append(card)
+            for adapter in await self._adapters.adapters(card.id):
+                cards.append(card.model_copy(update={"id": f"{card.id}:{adapter}"}))
+        return listing.model_copy(update={"data": cards})
+
+
+# The POST routes of Ray Serve LLM's ingress that name a model in a JSON body (its DEFAULT_ENDPOINTS;
+# transcriptions take a form, which the gateway does not read for a model).
+ENGINE_CALL_ROUTES = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/score": "score",
+    "/tokenize": "tokenize",
+    "/detokenize": "detokenize",
+}
+
+
+def engine_calls_app(
+    llm_deployments: Dict[str, DeploymentHandle], model_cards: Dict[str, Any]
+) -> Tuple[ASGIApp, ModelReadiness]:
+    """The inference routes of EngineCalls as an app of their own, outside a deployment, and its
+    models' readiness (polling): a direct model's engine replica serves the other models with it."""
+    calls = EngineCalls(llm_deployments, model_cards)
+    app = _ingress_fastapi_app()
+    for path, endpoint in ENGINE_CALL_ROUTES.items():
+        app.post(path)(getattr(calls, endpoint))
+    calls._readiness.start()
+    return StreamFailureLayer(app), calls._readiness
 
 
 # make_fastapi_ingress builds the class at import (Ray Serve LLM's documented way to add routes).

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
+from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.deployment import LLMServer
 
 from llm_serving._ray import (
@@ -20,6 +21,7 @@ from llm_serving.builtin_models import resolve_adapters_source, resolve_model_so
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.metrics import GatewayMetrics
 from llm_serving.gateway.middleware import build_gateway, key_store_for
+from llm_serving.gateway.model_dispatch import ModelDispatch
 from llm_serving.gateway.traffic import TrafficControl
 from llm_serving.lora import ADAPTER_CONFIG_FILE, AdapterLoadError, is_remote, split_adapter
 
@@ -59,7 +61,9 @@ class LocalAdapterLoader(LoraModelLoader):
 class GatewayLLMServer(with_adapter_load_errors(LLMServer, AdapterLoadError)):  # type: ignore[misc]
     """LLMServer that resolves `builtin://` sources on the node that loads the weights, loads LoRA
     adapters from local folders too (`adapters_source`, a model's lora.source) and, when it is the
-    ingress itself (direct streaming, one model), wraps vLLM's app in the gateway."""
+    ingress itself (direct streaming), wraps vLLM's app in the gateway. With several models (the
+    direct one is gateway.direct_model), `other_models` are the others' engine deployments, which
+    this replica reaches over handles, and `model_cards` every model's card for /v1/models."""
 
     # Serve awaits an async __init__ (LLMServer's own is one); mypy knows only the plain kind.
     async def __init__(  # type: ignore[misc]
@@ -68,6 +72,8 @@ class GatewayLLMServer(with_adapter_load_errors(LLMServer, AdapterLoadError)):  
         *,
         gateway: Optional[Dict[str, Any]] = None,
         adapters_source: Optional[str] = None,
+        other_models: Optional[Dict[str, DeploymentHandle]] = None,
+        model_cards: Optional[Dict[str, Any]] = None,
         **kwargs,
     ):
         if adapters_source is not None:
@@ -79,11 +85,13 @@ class GatewayLLMServer(with_adapter_load_errors(LLMServer, AdapterLoadError)):  
             # The engine config was cached (by the builder) with the unresolved source.
             clear_engine_config(llm_config)
         self._model_id = llm_config.model_id
+        self._other_models = other_models or {}
+        self._every_model_card = model_cards or {}
         self._gateway_config = GatewayConfig.model_validate(gateway) if gateway is not None else None
         # Read the keys before the engine loads, so a missing Secret fails the replica at once.
         self._key_store = key_store_for(self._gateway_config) if self._gateway_config else None
         self._traffic = (
-            TrafficControl(self._gateway_config, [self._model_id], self._key_store) if self._gateway_config else None
+            TrafficControl(self._gateway_config, self._model_names, self._key_store) if self._gateway_config else None
         )
         await super().__init__(llm_config, **kwargs)
         enable_engine_tokenize(self.engine)  # the RAG layer counts prompt tokens with it
@@ -98,11 +106,29 @@ class GatewayLLMServer(with_adapter_load_errors(LLMServer, AdapterLoadError)):  
         app = await super().__serve_build_asgi_app__()
         if self._gateway_config is None:
             return app
+        readiness = None
+        if self._other_models:
+            from llm_serving.ingress import engine_calls_app  # Ray Serve LLM's ingress: only where used
+
+            others_app, others_readiness = engine_calls_app(
+                self._other_models, {name: self._every_model_card[name] for name in self._other_models}
+            )
+            cards = {name: card.model_dump(mode="json") for name, card in self._every_model_card.items()}
+            app = ModelDispatch(self._model_id, app, others_app, cards)
+
+            def readiness() -> Dict[str, bool]:
+                return {self._model_id: True, **others_readiness()}  # this replica's own model serves
+
         return build_gateway(
             app,
             self._gateway_config,
-            [self._model_id],
+            self._model_names,
             self._key_store,
+            readiness=readiness,
             record=GatewayMetrics().record,
             traffic=self._traffic,
         )
+
+    @property
+    def _model_names(self) -> List[str]:
+        return [self._model_id, *self._other_models]

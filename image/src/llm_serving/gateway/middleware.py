@@ -65,6 +65,8 @@ MODELS_PATH = "/v1/models"
 MODEL_PATH_PREFIX = "/v1/models/"
 # Where the authenticated ApiKey is left in the ASGI scope for the layers inside the gateway.
 API_KEY_SCOPE = "llm_serving.api_key"
+# ... and the model an inference request goes to (an alias resolved to its variant).
+MODEL_SCOPE = "llm_serving.model"
 RETRY_AFTER_NOT_READY_S = 5
 # Retry-After of an engine's back-pressure refusal (its max_queued_requests reached): short, since
 # a queue slot frees as soon as one request finishes.
@@ -209,6 +211,7 @@ class GatewayMiddleware:
             request.receive = replay_body(body, request.receive)
         else:
             request.scope, request.receive = with_body(request.scope, request.receive, forwarded)
+        request.scope[MODEL_SCOPE] = exchange.variant
         await self._admit(request, payload)
 
     async def _handle_model_list(self, request: _Request) -> None:
@@ -249,7 +252,7 @@ class GatewayMiddleware:
             return
         # Outside the client's request: Serve would cancel the copy's engine call with it.
         task = asyncio.get_running_loop().create_task(
-            self._send_shadow(scope, body, exchange), context=_ray.outside_the_request()
+            self._send_shadow({**scope, MODEL_SCOPE: variant}, body, exchange), context=_ray.outside_the_request()
         )
         self._shadows_in_flight.add(task)  # a reference until done, so the task is not collected
         task.add_done_callback(self._shadows_in_flight.discard)

@@ -1,0 +1,109 @@
+"""Several models on the direct-streaming path (gateway.direct_model): the config rules that name the
+fix, the topology chosen, and what the direct model's replica sends where. Two plain Starlette apps
+stand in for vLLM's app in the replica and for the other models' engine calls; tests/e2e/
+test_direct_streaming.py runs the same with real engines."""
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+import llm_serving.app as app_module
+from llm_serving.app import direct_model_name, uses_direct_streaming
+from llm_serving.config import ConfigError, GatewayConfig, parse_app_config
+from llm_serving.gateway.middleware import build_gateway
+from llm_serving.gateway.model_dispatch import ModelDispatch
+
+MODELS = {"chat": {"source": "org/chat"}, "embed": {"source": "org/embed", "task": "embed"}}
+
+
+def two_models(**gateway):
+    return {"models": MODELS, "gateway": {"auth": {"mode": "none"}, **gateway}}
+
+
+@pytest.fixture
+def haproxy(monkeypatch):
+    monkeypatch.setattr(app_module, "RAY_SERVE_ENABLE_HA_PROXY", True)
+
+
+def test_several_models_take_the_direct_path_only_with_a_direct_model(haproxy):
+    assert not uses_direct_streaming(parse_app_config(two_models()))
+    config = parse_app_config(two_models(direct_model="chat"))
+    assert uses_direct_streaming(config) and direct_model_name(config) == "chat"
+
+
+def test_without_haproxy_the_direct_model_goes_through_the_gateway_deployment(monkeypatch):
+    monkeypatch.setattr(app_module, "RAY_SERVE_ENABLE_HA_PROXY", False)
+    assert not uses_direct_streaming(parse_app_config(two_models(direct_model="chat")))
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ({"gateway": {"auth": {"mode": "none"}, "direct_model": "other"}}, r"'other' is not one of the models; choose one of: chat, embed"),
+        ({"gateway": {"auth": {"mode": "none"}, "direct_model": "chat", "direct_streaming": False}},
+         r"direct_model needs gateway.direct_streaming: true"),
+        ({"gateway": {"auth": {"mode": "none"}, "direct_model": "chat"}, "rag": {"store": {"uri": "/d/m.db"}}},
+         r"direct_model cannot be used with rag: they run in the gateway deployment"),
+        ({"gateway": {"auth": {"mode": "none"}, "direct_model": "chat"}, "batch": {"store_uri": "/tmp/b"}},
+         r"cannot be used with batch"),
+        ({"gateway": {"auth": {"mode": "none"}, "direct_model": "chat"},
+          "models": {**MODELS, "chat": {"source": "org/chat", "lora": {"source": "/adapters"}}}},
+         r"cannot be used with LoRA models"),
+    ],
+)
+def test_a_direct_model_that_cannot_be_the_ingress_names_the_fix(extra, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse_app_config({"models": MODELS, **extra})
+
+
+async def answer_as(name: str, request: Request):
+    body = await request.body()
+    return JSONResponse({"served_by": name, "model": json.loads(body).get("model") if body else None})
+
+
+def stand_in(name: str) -> Starlette:
+    async def endpoint(request: Request):
+        return await answer_as(name, request)
+
+    paths = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    return Starlette(routes=[Route(path, endpoint, methods=["POST"]) for path in paths]
+                     + [Route("/v1/models", endpoint), Route("/tokenize", endpoint, methods=["POST"])])
+
+
+CARDS = {"chat": {"id": "chat", "object": "model"}, "embed": {"id": "embed", "object": "model"}}
+
+
+def replica_client(traffic=None):
+    """The direct model's replica as server.GatewayLLMServer builds it: gateway(dispatch(vLLM, others))."""
+    dispatch = ModelDispatch("chat", stand_in("vllm-in-replica"), stand_in("engine-calls"), CARDS)
+    app = build_gateway(dispatch, GatewayConfig(auth={"mode": "none"}), ["chat", "embed"], None, traffic=traffic)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica")
+
+
+async def requests_of_each_kind():
+    async with replica_client() as client:
+        chat = await client.post("/v1/chat/completions", json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
+        embed = await client.post("/v1/embeddings", json={"model": "embed", "input": "hi"})
+        listing = await client.get("/v1/models")
+        card = await client.get("/v1/models/embed")
+        unknown = await client.get("/v1/models/nope")
+        tokenize = await client.post("/tokenize", json={"model": "chat", "prompt": "hi"})
+    return chat, embed, listing, card, unknown, tokenize
+
+
+def test_the_direct_model_is_served_in_the_replica_and_the_others_over_handles():
+    chat, embed, listing, card, unknown, tokenize = asyncio.run(requests_of_each_kind())
+    assert chat.json() == {"served_by": "vllm-in-replica", "model": "chat"}
+    assert embed.json() == {"served_by": "engine-calls", "model": "embed"}
+    assert tokenize.json()["served_by"] == "vllm-in-replica"
+    assert listing.json() == {"object": "list", "data": [CARDS["chat"], CARDS["embed"]]}
+    assert card.json() == CARDS["embed"]
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "model_not_found"
+    assert unknown.json()["error"]["message"].endswith("Available models: chat, embed.")
