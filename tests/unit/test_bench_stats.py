@@ -145,3 +145,4 @@ def test_round_order_gives_every_server_every_position_and_the_pairs_present():
     assert orders == [["C", "B", "A1"], ["B", "A1", "C"], ["A1", "C", "B"]]
     assert sorted(round_order(servers, 4, seed=3)) == sorted(servers)
     assert ratio_pairs(["C", "B", "A1", "A1'"]) == [("A1", "B"), ("A1", "C"), ("B", "C"), ("A1'", "A1")]
+    assert ratio_pairs(["A1", "A4"]) == [("A4", "A1")]
