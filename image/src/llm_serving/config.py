@@ -702,6 +702,11 @@ class AppConfig(StrictModel):
             )
         if not self.gateway.direct_streaming:
             raise ValueError("gateway.direct_model needs gateway.direct_streaming: true; remove one of them")
+        if self.models[name].autoscaling.min_replicas == 0:
+            raise ValueError(
+                f"gateway.direct_model {name!r} scales to zero, but its replicas are the ingress; give it "
+                "autoscaling.min_replicas of at least 1, or choose another model"
+            )
         needs_the_gateway = [
             feature
             for feature, used in (
