@@ -110,3 +110,14 @@ def test_the_direct_model_is_served_in_the_replica_and_the_others_over_handles()
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "model_not_found"
     assert unknown.json()["error"]["message"].endswith("Available models: chat, embed.")
+
+
+def test_prefix_routing_of_another_model_keeps_the_direct_path(haproxy, monkeypatch):
+    # Handles carry the prompt to the affinity router; only the direct model's HAProxy route lacks it.
+    monkeypatch.setattr(app_module, "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY", False)
+    affinity = {"request_router": {"policy": "prefix_cache_affinity"}}
+    gateway = {"auth": {"mode": "none"}, "direct_model": "chat"}
+    other_has_it = {"chat": {"source": "org/chat"}, "big": {"source": "org/big", **affinity}}
+    direct_has_it = {"chat": {"source": "org/chat", **affinity}, "big": {"source": "org/big"}}
+    assert uses_direct_streaming(parse_app_config({"models": other_has_it, "gateway": gateway}))
+    assert not uses_direct_streaming(parse_app_config({"models": direct_has_it, "gateway": gateway}))

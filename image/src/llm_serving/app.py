@@ -108,16 +108,18 @@ def direct_model_name(config: AppConfig) -> Optional[str]:
 def uses_direct_streaming(config: AppConfig) -> bool:
     """The engine replica can be the ingress only for one model (the only one, or
     gateway.direct_model) and with Ray's HAProxy in front."""
+    direct = direct_model_name(config)
     return (
         config.gateway.direct_streaming
-        and direct_model_name(config) is not None
+        and direct is not None
         and config.rag is None  # RAG lives in the gateway deployment
         # Adapters are checked and listed in the gateway deployment (and Ray's direct path needs
         # RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1 for them, core/ingress/builder.py).
         and all(model.lora is None for model in config.models.values())
         and config.batch is None  # so does the Batch API
         and RAY_SERVE_ENABLE_HA_PROXY  # as Ray itself read it when it was imported
-        and not any(prefix_routing_needs_the_gateway(model) for model in config.models.values())
+        # The other models' handles carry the prompt: only the direct model's router lacks it.
+        and not prefix_routing_needs_the_gateway(config.models[direct])
     )
 
 
