@@ -22,7 +22,7 @@ apart) and summarised as the median over the rounds with a distribution-free 95%
 of the median (order statistics of the binomial; see benchmarks/trial_stats.py). Slow-mode trials
 are counted per server.
 
-Run it with `make bench` (about 25 minutes on an idle 2-core machine with the defaults); --help for
+Run it with `make bench` (about 30 minutes on an idle 2-core machine with the defaults); --help for
 rounds, phases, concurrency and pinning.
 """
 
