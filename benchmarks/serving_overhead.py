@@ -75,7 +75,7 @@ ALL_SERVERS = ["C", "B", "A1", "A2", "A3", "A4", "A1'"]
 LOAD_GENERATOR = "load generator (this process)"
 # The CPU split prints processes that take at least this much per request (the rest are summed).
 CPU_SPLIT_MIN_MS = 0.05
-# Three phases: all seven side by side would hold ~38 GiB (PSS: A1 5.1 GiB, A2 7.7, A3 4.9, A4 ~8, C 2.6;
+# Three phases: all seven side by side would hold ~38 GiB (PSS: A1 5.1 GiB, A2 7.7, A3 4.9, A4 7.5, C 2.6;
 # frozen or not). A1 is in each, the reference of every ratio but B/C; the twin A1' checks A1 within one phase.
 DEFAULT_PHASES = "C,B,A1,A1';A1,A2,A3;A1,A4"
 MIN_AVAILABLE_GIB = 4.0
