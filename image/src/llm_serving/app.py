@@ -131,9 +131,8 @@ def build_app(args: Dict[str, Any]) -> Application:
     # The gateway's live config (traffic) is not built here: it is the Serve config's user_config
     # of the deployment named GATEWAY_DEPLOYMENT, in both topologies (see serve_config).
 
-    if uses_direct_streaming(config):
-        direct = direct_model_name(config)
-        assert direct is not None
+    direct = direct_model_name(config) if uses_direct_streaming(config) else None
+    if direct is not None:
         llm_config = llm_configs[direct]
         # With several models, the direct model's replica reaches the others over handles
         # (server.GatewayLLMServer); /v1/models lists every model's card.
