@@ -2,7 +2,7 @@
 HAProxy) and the gateway runs inside it, wrapping vLLM's own app. With the embedding model beside it
 (`gateway.direct_model`), that replica reaches the embedding engine over a Serve handle and lists
 both models. Same promises as the gateway deployment: auth, errors in OpenAI's shape, probes,
-metrics."""
+metrics, RAG and the Batch API (dev-cpu's, plus `rag:` on a Milvus Lite file)."""
 
 import asyncio
 import time
@@ -12,6 +12,8 @@ import openai
 import pytest
 
 from tests.e2e.dev_cpu import CHAT_MODEL, CHAT_ONLY_KEY, EMBED_MODEL, FULL_KEY, served_with_keys
+from tests.e2e.rag_corpus import DOCUMENTS
+from tests.e2e.test_batch_api import chat_body, embed_body, line, read_lines, upload, wait_until_done
 from tests.e2e.servers import scrape, total
 from tests.e2e.stream_reads import bunched_up, stream_reads
 
@@ -23,14 +25,15 @@ HELLO = [{"role": "user", "content": "Hello"}]
 SCRAPE_DEADLINE_S = 90  # Ray's metrics agent exports on an interval
 
 
-def chat_model_direct(args: dict) -> None:
-    del args["batch"]  # the Batch API lives in the gateway deployment, so dev-cpu's would turn the fast path off
-    args["gateway"]["direct_model"] = CHAT_MODEL
-
-
 @pytest.fixture(scope="module")
 def direct(tmp_path_factory):
-    with served_with_keys(tmp_path_factory.mktemp("direct"), chat_model_direct) as app:
+    work = tmp_path_factory.mktemp("direct")
+
+    def chat_model_direct_with_rag(args: dict) -> None:
+        args["gateway"]["direct_model"] = CHAT_MODEL
+        args["rag"] = {"store": {"uri": str(work / "rag" / "milvus.db")}}
+
+    with served_with_keys(work, chat_model_direct_with_rag) as app:
         yield app
 
 
@@ -99,3 +102,50 @@ def test_probes_and_closed_cors_on_the_fast_path(direct):
                               headers={"origin": "https://elsewhere.example", "access-control-request-method": "POST"})
     assert preflight.status_code == 400
     assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_rag_runs_in_the_direct_replica(direct):
+    # Ingestion embeds over the embedding engine's handle; a chat with `rag` counts its prompt over a
+    # handle to the chat model's own deployment and is generated in the replica.
+    http = httpx.Client(base_url=direct.base_url, headers={"authorization": f"Bearer {FULL_KEY}"}, timeout=120)
+    created = http.post("/v1/rag/collections", json={"name": "notes"})
+    assert created.status_code == 201, created.text
+    assert (created.json()["embedding_model"], created.json()["dimension"]) == (EMBED_MODEL, 384)
+    documents = [{"id": doc_id, "text": DOCUMENTS[doc_id]} for doc_id in ("bees", "volcano", "tides")]
+    added = http.post("/v1/rag/collections/notes/documents", json={"documents": documents})
+    assert added.status_code == 200, added.text
+
+    client = openai.OpenAI(base_url=direct.api_url, api_key=FULL_KEY, max_retries=0, timeout=120)
+    question = [{"role": "user", "content": "How do insects in a hive tell each other where nectar is?"}]
+    rag = {"rag": {"collection": "notes", "top_k": 2}}
+    completion = client.chat.completions.create(model=CHAT_MODEL, messages=question, max_tokens=8, extra_body=rag)
+    citations = completion.model_extra["rag"]["citations"]
+    assert citations[0]["document_id"] == "bees" and citations[0]["index"] == 1
+    plain = client.chat.completions.create(model=CHAT_MODEL, messages=question, max_tokens=8)
+    assert completion.usage.prompt_tokens > plain.usage.prompt_tokens + 10  # the sources are in the prompt
+    chunks = list(client.chat.completions.create(model=CHAT_MODEL, messages=question, max_tokens=8, stream=True,
+                                                 extra_body=rag))
+    assert chunks[0].model_extra["rag"] == completion.model_extra["rag"]
+    chat_only = httpx.post(f"{direct.base_url}/v1/rag/collections/notes/search", json={"query": "bees"},
+                           headers={"authorization": f"Bearer {CHAT_ONLY_KEY}"})
+    assert chat_only.status_code == 403 and chat_only.json()["error"]["code"] == "model_not_allowed"
+
+
+def test_batch_api_runs_from_the_direct_replica(direct):
+    # Chat rows go to the direct model's own deployment (the runner names it: it cannot bind it),
+    # embedding rows to the other engine.
+    client = openai.OpenAI(base_url=direct.api_url, api_key=FULL_KEY, max_retries=2)
+    batches = {}
+    for endpoint, url, bodies in (("chat", "/v1/chat/completions", [chat_body(i) for i in range(6)]),
+                                  ("embed", "/v1/embeddings", [embed_body(i) for i in range(4)])):
+        lines = [line(f"{endpoint}-{i}", url, body) for i, body in enumerate(bodies)]
+        batches[endpoint] = client.batches.create(input_file_id=upload(client, lines), endpoint=url,
+                                                  completion_window="24h")
+    chat, embed = (wait_until_done(client, batches[name].id) for name in ("chat", "embed"))
+    assert (chat.status, chat.request_counts.completed) == ("completed", 6), chat
+    assert (embed.status, embed.request_counts.completed) == ("completed", 4), embed
+    answers = read_lines(client, chat.output_file_id)
+    online = client.chat.completions.create(**chat_body(0)).choices[0].message.content
+    assert answers["chat-0"]["response"]["body"]["choices"][0]["message"]["content"] == online
+    vectors = read_lines(client, embed.output_file_id)
+    assert len(vectors["embed-3"]["response"]["body"]["data"][0]["embedding"]) == 384

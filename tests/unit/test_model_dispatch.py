@@ -37,6 +37,21 @@ def test_several_models_take_the_direct_path_only_with_a_direct_model(haproxy):
     assert uses_direct_streaming(config) and direct_model_name(config) == "chat"
 
 
+RAG = {"rag": {"store": {"uri": "/d/m.db"}}}
+BATCH = {"batch": {"store_uri": "/tmp/b"}}
+
+
+@pytest.mark.parametrize("features", [RAG, BATCH, {**RAG, **BATCH}], ids=["rag", "batch", "rag+batch"])
+def test_rag_and_batch_run_in_the_direct_replica_only_when_direct_model_asks(haproxy, features):
+    assert uses_direct_streaming(parse_app_config({**two_models(direct_model="chat"), **features}))
+    assert not uses_direct_streaming(parse_app_config({**two_models(), **features}))
+    # One model keeps them in the gateway deployment unless it is named direct_model too.
+    one_model = {"models": {"embed": MODELS["embed"]}, "gateway": {"auth": {"mode": "none"}}}
+    assert not uses_direct_streaming(parse_app_config({**one_model, **features}))
+    one_model["gateway"]["direct_model"] = "embed"
+    assert uses_direct_streaming(parse_app_config({**one_model, **features}))
+
+
 def test_without_haproxy_the_direct_model_goes_through_the_gateway_deployment(monkeypatch):
     monkeypatch.setattr(app_module, "RAY_SERVE_ENABLE_HA_PROXY", False)
     assert not uses_direct_streaming(parse_app_config(two_models(direct_model="chat")))
@@ -51,10 +66,6 @@ def test_without_haproxy_the_direct_model_goes_through_the_gateway_deployment(mo
         ({"gateway": {"auth": {"mode": "none"}, "direct_model": "chat"},
           "models": {**MODELS, "chat": {"source": "org/chat", "autoscaling": {"min_replicas": 0}}}},
          r"'chat' scales to zero, but its replicas are the ingress"),
-        ({"gateway": {"auth": {"mode": "none"}, "direct_model": "chat"}, "rag": {"store": {"uri": "/d/m.db"}}},
-         r"direct_model cannot be used with rag: they run in the gateway deployment"),
-        ({"gateway": {"auth": {"mode": "none"}, "direct_model": "chat"}, "batch": {"store_uri": "/tmp/b"}},
-         r"cannot be used with batch"),
         ({"gateway": {"auth": {"mode": "none"}, "direct_model": "chat"},
           "models": {**MODELS, "chat": {"source": "org/chat", "lora": {"source": "/adapters"}}}},
          r"cannot be used with LoRA models"),

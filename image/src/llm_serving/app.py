@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 from ray import serve
 from ray.serve.deployment import Application
@@ -112,11 +112,13 @@ def uses_direct_streaming(config: AppConfig) -> bool:
     return (
         config.gateway.direct_streaming
         and direct is not None
-        and config.rag is None  # RAG lives in the gateway deployment
+        # RAG and the Batch API run in the direct replica only when gateway.direct_model asks for it:
+        # otherwise they keep the gateway deployment, which answers their routes (ingestion, batch
+        # status) while no engine replica runs.
+        and (config.gateway.direct_model is not None or (config.rag is None and config.batch is None))
         # Adapters are checked and listed in the gateway deployment (and Ray's direct path needs
         # RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1 for them, core/ingress/builder.py).
         and all(model.lora is None for model in config.models.values())
-        and config.batch is None  # so does the Batch API
         and RAY_SERVE_ENABLE_HA_PROXY  # as Ray itself read it when it was imported
         # The other models' handles carry the prompt: only the direct model's router lacks it.
         and not prefix_routing_needs_the_gateway(config.models[direct])
@@ -132,15 +134,30 @@ def build_app(args: Dict[str, Any]) -> Application:
     # of the deployment named GATEWAY_DEPLOYMENT, in both topologies (see serve_config).
 
     direct = direct_model_name(config) if uses_direct_streaming(config) else None
+    # Every model's engine deployment but the direct model's, which is the ingress itself. Serve binds
+    # one deployment once, so the gateway and the batch runner share these.
+    engines = {name: llm_deployment(c, config.models[name]) for name, c in llm_configs.items() if name != direct}
+    model_cards = {name: to_model_metadata(name, c) for name, c in llm_configs.items()}
+    features: Dict[str, Any] = {}  # RAG and the Batch API, for whichever deployment is the ingress
+    if config.rag is not None:
+        embedding_models = sorted(name for name, model in config.models.items() if model.task == "embed")
+        features["rag"] = {"config": config.rag.model_dump(), "embedding_models": embedding_models}
+        features["rag_store"] = build_rag_store_deployment(config.rag)
+    if config.batch is not None:
+        # The runner names the direct model's deployment rather than binding it: that deployment
+        # binds the runner, and Serve's graph has no cycles.
+        runner_engines = {**engines, direct: GATEWAY_DEPLOYMENT} if direct is not None else engines
+        features["batch"] = config.batch.model_dump()
+        features["batch_runner"] = build_batch_runner(config, runner_engines)
+
     if direct is not None:
         llm_config = llm_configs[direct]
         # With several models, the direct model's replica reaches the others over handles
         # (server.GatewayLLMServer); /v1/models lists every model's card.
-        others = {name: llm_deployment(c, config.models[name]) for name, c in llm_configs.items() if name != direct}
-        bind_kwargs: Dict[str, Any] = {"gateway": gateway}
-        if others:
-            bind_kwargs["other_models"] = others
-            bind_kwargs["model_cards"] = {name: to_model_metadata(name, c) for name, c in llm_configs.items()}
+        bind_kwargs: Dict[str, Any] = {"gateway": gateway, **features}
+        if engines:
+            bind_kwargs["other_models"] = engines
+            bind_kwargs["model_cards"] = model_cards
         # Ray Serve LLM names the engine deployment after the model; the override comes after that.
         server = build_direct_streaming_llm_deployment(
             llm_config, bind_kwargs=bind_kwargs, override_serve_options={"name": GATEWAY_DEPLOYMENT}
@@ -159,33 +176,22 @@ def build_app(args: Dict[str, Any]) -> Application:
             "target_ongoing_requests": ingress.target_ongoing_requests,
         },
     }
-    rag_kwargs = {}
-    if config.rag is not None:
-        embedding_models = sorted(name for name, model in config.models.items() if model.task == "embed")
-        rag_kwargs = {
-            "rag": {"config": config.rag.model_dump(), "embedding_models": embedding_models},
-            "rag_store": build_rag_store_deployment(config.rag),
-        }
-    llm_deployments = {name: llm_deployment(c, config.models[name]) for name, c in llm_configs.items()}
-    batch_kwargs = {}
-    if config.batch is not None:
-        batch_kwargs = {"batch": config.batch.model_dump(), "batch_runner": build_batch_runner(config, llm_deployments)}
     return serve.deployment(GatewayIngress, name=GATEWAY_DEPLOYMENT, **ingress_options).bind(
-        llm_deployments=llm_deployments,
-        model_cards={name: to_model_metadata(name, c) for name, c in llm_configs.items()},
+        llm_deployments=engines,
+        model_cards=model_cards,
         gateway=gateway,
         adapter_sources={name: m.lora.source for name, m in config.models.items() if m.lora is not None},
-        **rag_kwargs,
-        **batch_kwargs,
+        **features,
     )
 
 
 BATCH_RUNNER_DEPLOYMENT = "BatchRunner"
 
 
-def build_batch_runner(config: AppConfig, llm_deployments: Dict[str, Application]) -> Application:
+def build_batch_runner(config: AppConfig, llm_deployments: Dict[str, Union[Application, str]]) -> Application:
     """One BatchRunner replica beside the gateway, with the same engine deployments (Serve binds one
-    deployment once, so its rows reach the replicas online requests use). It asks no CPU: it waits
+    deployment once, so its rows reach the replicas online requests use); a str names a deployment
+    of the same application (the direct model's, which binds the runner). It asks no CPU: it waits
     on Ray Data, whose own tasks and actor take the cluster's CPUs."""
     assert config.batch is not None
     models = {

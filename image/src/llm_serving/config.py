@@ -475,7 +475,8 @@ class GatewayConfig(StrictModel):
         description=(
             "With several models: the model whose engine replica is the ingress, as with one model (no "
             "gateway deployment, so no extra hop for it); the other models are reached from that replica "
-            "over Serve handles. Not with rag, batch or LoRA models, which need the gateway deployment."
+            "over Serve handles; rag and batch run in that replica too. Not with LoRA models, which need "
+            "the gateway deployment."
         ),
     )
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="Gateway deployment sizing.")
@@ -707,19 +708,10 @@ class AppConfig(StrictModel):
                 f"gateway.direct_model {name!r} scales to zero, but its replicas are the ingress; give it "
                 "autoscaling.min_replicas of at least 1, or choose another model"
             )
-        needs_the_gateway = [
-            feature
-            for feature, used in (
-                ("rag", self.rag is not None),
-                ("batch", self.batch is not None),
-                ("LoRA models", any(model.lora is not None for model in self.models.values())),
-            )
-            if used
-        ]
-        if needs_the_gateway:
+        if any(model.lora is not None for model in self.models.values()):
             raise ValueError(
-                f"gateway.direct_model cannot be used with {' and '.join(needs_the_gateway)}: they run in the "
-                "gateway deployment; remove gateway.direct_model (or them)"
+                "gateway.direct_model cannot be used with LoRA models: their adapters are checked and listed "
+                "in the gateway deployment; remove gateway.direct_model (or the models' lora)"
             )
         return self
 

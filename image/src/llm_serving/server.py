@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.deployment import LLMServer
 
@@ -17,6 +18,7 @@ from llm_serving._ray import (
     next_lora_int_id,
     with_adapter_load_errors,
 )
+from llm_serving.batch.routes import batch_layer
 from llm_serving.builtin_models import resolve_adapters_source, resolve_model_source
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.metrics import GatewayMetrics
@@ -24,6 +26,7 @@ from llm_serving.gateway.middleware import build_gateway, key_store_for
 from llm_serving.gateway.model_dispatch import ModelDispatch
 from llm_serving.gateway.traffic import TrafficControl
 from llm_serving.lora import ADAPTER_CONFIG_FILE, AdapterLoadError, is_remote, split_adapter
+from llm_serving.rag.routes import rag_layer
 
 
 class LocalAdapterLoader(LoraModelLoader):
@@ -63,7 +66,9 @@ class GatewayLLMServer(with_adapter_load_errors(LLMServer, AdapterLoadError)):  
     adapters from local folders too (`adapters_source`, a model's lora.source) and, when it is the
     ingress itself (direct streaming), wraps vLLM's app in the gateway. With several models (the
     direct one is gateway.direct_model), `other_models` are the others' engine deployments, which
-    this replica reaches over handles, and `model_cards` every model's card for /v1/models."""
+    this replica reaches over handles, and `model_cards` every model's card for /v1/models. `rag`
+    and `batch` (with their store and runner) add RAG and the Batch API inside the gateway, as in
+    the gateway deployment."""
 
     # Serve awaits an async __init__ (LLMServer's own is one); mypy knows only the plain kind.
     async def __init__(  # type: ignore[misc]
@@ -74,6 +79,10 @@ class GatewayLLMServer(with_adapter_load_errors(LLMServer, AdapterLoadError)):  
         adapters_source: Optional[str] = None,
         other_models: Optional[Dict[str, DeploymentHandle]] = None,
         model_cards: Optional[Dict[str, Any]] = None,
+        rag: Optional[Dict[str, Any]] = None,
+        rag_store: Optional[DeploymentHandle] = None,
+        batch: Optional[Dict[str, Any]] = None,
+        batch_runner: Optional[DeploymentHandle] = None,
         **kwargs,
     ):
         if adapters_source is not None:
@@ -87,6 +96,8 @@ class GatewayLLMServer(with_adapter_load_errors(LLMServer, AdapterLoadError)):  
         self._model_id = llm_config.model_id
         self._other_models = other_models or {}
         self._every_model_card = model_cards or {}
+        self._rag, self._rag_store = rag, rag_store
+        self._batch, self._batch_runner = batch, batch_runner
         self._gateway_config = GatewayConfig.model_validate(gateway) if gateway is not None else None
         # Read the keys before the engine loads, so a missing Secret fails the replica at once.
         self._key_store = key_store_for(self._gateway_config) if self._gateway_config else None
@@ -119,6 +130,10 @@ class GatewayLLMServer(with_adapter_load_errors(LLMServer, AdapterLoadError)):  
             def readiness() -> Dict[str, bool]:
                 return {self._model_id: True, **others_readiness()}  # this replica's own model serves
 
+        if self._rag is not None:  # /v1/rag/... and `rag` on chat, inside the gateway's checks
+            app = rag_layer(app, self._rag, self._every_model_handle(), self._rag_store)
+        if self._batch is not None:  # /v1/files and /v1/batches, inside the gateway's checks
+            app = batch_layer(app, self._batch, self._batch_runner)
         return build_gateway(
             app,
             self._gateway_config,
@@ -128,6 +143,14 @@ class GatewayLLMServer(with_adapter_load_errors(LLMServer, AdapterLoadError)):  
             record=GatewayMetrics().record,
             traffic=self._traffic,
         )
+
+    def _every_model_handle(self) -> Dict[str, DeploymentHandle]:
+        """A handle per model, this replica's own deployment included: RAG embeds and counts tokens
+        over handles, as in the gateway deployment. The own one is made at run time, since a
+        deployment cannot bind itself."""
+        context = serve.get_replica_context()
+        own = serve.get_deployment_handle(context.deployment, context.app_name)
+        return {self._model_id: own, **self._other_models}
 
     @property
     def _model_names(self) -> List[str]:

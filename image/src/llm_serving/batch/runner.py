@@ -91,6 +91,16 @@ def expired(batch: Dict[str, Any]) -> bool:
     return now() >= batch["expires_at"]
 
 
+def _app_and_deployment(engine: Any) -> Tuple[str, str]:
+    """(application, deployment) of an engine: a handle's own, or a deployment name in this replica's
+    application."""
+    if isinstance(engine, str):
+        from ray import serve
+
+        return serve.get_replica_context().app_name, engine
+    return engine.app_name, engine.deployment_name
+
+
 class BatchRunner:
     """Serve deployment class; see the module docstring."""
 
@@ -101,13 +111,14 @@ class BatchRunner:
         models: Dict[str, Dict[str, Any]],
         api_keys: Optional[Dict[str, Any]] = None,
     ):
-        """`engines`: the engine deployment handle per model; `models`: per model its task
+        """`engines`: the engine deployment handle per model, or the name of a deployment of this
+        application (the direct model's, which binds this runner); `models`: per model its task
         (generate or embed), max_ongoing_requests and max_replicas; `api_keys`: the gateway's keys
         sources (ApiKeysConfig) when it checks keys, read again as a batch's lines start."""
         self.config = BatchConfig.model_validate(config)
         self.api_keys = ApiKeysConfig.model_validate(api_keys) if api_keys is not None else None
         self.store = BatchStore(self.config.store_uri)
-        self.engines = {name: (handle.app_name, handle.deployment_name) for name, handle in engines.items()}
+        self.engines = {name: _app_and_deployment(engine) for name, engine in engines.items()}
         self.models = models
         self._queue: queue.Queue[str] = queue.Queue()
         self._queued: Set[str] = set()
