@@ -8,10 +8,11 @@ Servers, each serving the tiny model builtin://tiny-chat on the CPU (API key on 
   A3   our app, one model, `gateway.direct_streaming: false` (the hop through the gateway deployment)
   A4   our app, chat + embedding model with `gateway.direct_model: tiny-chat` (the chat engine's replica
        is the ingress; the embedding model is reached from it over a handle)
+  A5   A4 with RAG (a Milvus Lite file) and the Batch API on: every gateway feature in that replica
   A1'  a second start of A1: a server must agree with itself within the interval
 
-The servers of a phase (default: C, B, A1, A1', then A1, A2, A3, then A1, A4; all at once would hold
-~38 GiB) are
+The servers of a phase (default: C, B, A1, A1', then A1, A2, A3, then A1, A4, then A1, A5; all at
+once would hold ~46 GiB) are
 started once, then frozen (SIGSTOP to every process of the server's tree). In each round each server
 in turn is thawed (SIGCONT), warmed on every measured path, measured and frozen again, so exactly one
 server is ever busy (an idle Ray cluster beside the measured one costs it a share of two cores) and
@@ -71,18 +72,19 @@ FAST_PATH = {
 }
 TOKENS = 16
 PROMPT = [{"role": "user", "content": "Tell me about Ray Serve and vLLM."}]
-ALL_SERVERS = ["C", "B", "A1", "A2", "A3", "A4", "A1'"]
+ALL_SERVERS = ["C", "B", "A1", "A2", "A3", "A4", "A5", "A1'"]
 LOAD_GENERATOR = "load generator (this process)"
 # The CPU split prints processes that take at least this much per request (the rest are summed).
 CPU_SPLIT_MIN_MS = 0.05
-# Three phases: all seven side by side would hold ~38 GiB (PSS: A1 5.1 GiB, A2 7.7, A3 4.9, A4 7.5, C 2.6;
-# frozen or not). A1 is in each, the reference of every ratio but B/C; the twin A1' checks A1 within one phase.
-DEFAULT_PHASES = "C,B,A1,A1';A1,A2,A3;A1,A4"
+# Four phases: all eight side by side would hold ~46 GiB (PSS: A1 5.1 GiB, A2 7.7, A3 4.9, A4 7.5, A5 about
+# 8, C 2.6; frozen or not). A1 is in each, the reference of every ratio but B/C; the twin A1' checks A1
+# within one phase.
+DEFAULT_PHASES = "C,B,A1,A1';A1,A2,A3;A1,A4;A1,A5"
 MIN_AVAILABLE_GIB = 4.0
 INITIAL_CPUS = os.sched_getaffinity(0)
 # Ray's logical CPUs (not cores: the engine's bundle and Serve's actors need room to be scheduled);
 # the same for every Ray server, so none gets more prestarted workers than another.
-RAY_NUM_CPUS = {"B": 8, "A1": 8, "A1'": 8, "A2": 8, "A3": 8, "A4": 8}
+RAY_NUM_CPUS = {"B": 8, "A1": 8, "A1'": 8, "A2": 8, "A3": 8, "A4": 8, "A5": 8}
 
 
 def chat_body(stream: bool) -> dict:
@@ -378,7 +380,7 @@ def cpu_split(before: Dict[int, Tuple[str, float]], after: Dict[int, Tuple[str, 
 
 
 def our_app_config(work: Path, name: str, with_embedding: bool, direct_streaming: bool,
-                   direct_model: Optional[str]) -> Path:
+                   direct_model: Optional[str], every_feature: bool) -> Path:
     keys = work / "keys.yaml"
     keys.write_text(yaml.safe_dump({"keys": [{"name": "bench", "key": API_KEY}]}))
     profile = yaml.safe_load((REPO / "values" / "dev-cpu.yaml").read_text())["app"]
@@ -389,6 +391,9 @@ def our_app_config(work: Path, name: str, with_embedding: bool, direct_streaming
     }
     if direct_model is not None:
         args["gateway"]["direct_model"] = direct_model
+    if every_feature:  # RAG and the Batch API: their layers see every request, used or not
+        args["rag"] = {"store": {"uri": str(work / f"rag-{name}" / "milvus.db")}}
+        args["batch"] = {"store_uri": str(work / f"batch-{name}")}
     path = work / f"app-{name.replace(chr(39), '-twin')}.yaml"
     path.write_text(yaml.safe_dump(args))
     return path
@@ -398,13 +403,13 @@ def make_server(name: str, work: Path, model_path: str, cpus: Optional[Set[int]]
                 kv_cache_gib: int) -> Server:
     port = free_port()
     env = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "VLLM_CPU_OMP_THREADS_BIND": omp_bind}
-    ours = {  # name: (chat + embedding model, direct streaming, gateway.direct_model)
-        "A1": (False, True, None), "A1'": (False, True, None), "A2": (True, True, None), "A3": (False, False, None),
-        "A4": (True, True, "tiny-chat"),
+    ours = {  # name: (chat + embedding model, direct streaming, gateway.direct_model, rag and batch on)
+        "A1": (False, True, None, False), "A1'": (False, True, None, False), "A2": (True, True, None, False),
+        "A3": (False, False, None, False), "A4": (True, True, "tiny-chat", False), "A5": (True, True, "tiny-chat", True),
     }
     if name in ours:
-        with_embedding, direct, direct_model = ours[name]
-        config = our_app_config(work, name, with_embedding, direct, direct_model)
+        with_embedding, direct, direct_model, every_feature = ours[name]
+        config = our_app_config(work, name, with_embedding, direct, direct_model, every_feature)
         command = [str(BIN / "llm-serving"), "serve", str(config), "--port", str(port),
                    "--metrics-port", str(free_port()), "--num-cpus", str(RAY_NUM_CPUS[name])]
         return Server(name, command, {**env, **FAST_PATH}, port, work, cpus, probe_embeddings=with_embedding)

@@ -194,8 +194,9 @@ def round_order(servers: Sequence[str], round_: int, seed: Optional[int] = None)
 
 def ratio_pairs(servers: Sequence[str]) -> List[Tuple[str, str]]:
     """The ratios the issue asks for, of the servers present: the cost of the second engine (A2/A1),
-    of the hop (A3/A1), of two models with the chat model direct (A4/A1), of our gateway (A1/B), of
-    Ray Serve LLM (B/C), and the twin's self-check."""
-    wanted = [("A2", "A1"), ("A3", "A1"), ("A4", "A1"), ("A1", "B"), ("A1", "C"), ("B", "C"), ("A1'", "A1")]
+    of the hop (A3/A1), of two models with the chat model direct (A4/A1), and with RAG and the Batch
+    API on too (A5/A1), of our gateway (A1/B), of Ray Serve LLM (B/C), and the twin's self-check."""
+    wanted = [("A2", "A1"), ("A3", "A1"), ("A4", "A1"), ("A5", "A1"), ("A1", "B"), ("A1", "C"), ("B", "C"),
+              ("A1'", "A1")]
     present = set(servers)
     return [(a, b) for a, b in wanted if a in present and b in present]
