@@ -88,6 +88,9 @@ def test_auth_and_errors_hold_on_the_fast_path(direct):
     with pytest.raises(openai.NotFoundError) as unknown:
         client.chat.completions.create(model="other", messages=HELLO)
     assert unknown.value.body["message"].endswith(f"Available models: {EMBED_MODEL}, {CHAT_MODEL}.")
+    with pytest.raises(openai.BadRequestError) as unsupported:  # vLLM's app in the replica has no such route
+        client.embeddings.create(model=CHAT_MODEL, input="Ray Serve")
+    assert unsupported.value.body["message"].startswith(f"The model `{CHAT_MODEL}` does not support /v1/embeddings")
     with pytest.raises(openai.BadRequestError) as invalid:
         client.chat.completions.create(model=CHAT_MODEL, messages=HELLO, max_tokens=-1)
     assert set(invalid.value.body) == {"message", "type", "param", "code"}

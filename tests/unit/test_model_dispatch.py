@@ -17,7 +17,7 @@ import llm_serving.app as app_module
 from llm_serving.app import direct_model_name, uses_direct_streaming
 from llm_serving.config import ConfigError, GatewayConfig, parse_app_config
 from llm_serving.gateway.middleware import build_gateway
-from llm_serving.gateway.model_dispatch import ModelDispatch
+from llm_serving.gateway.model_dispatch import LocalModelRoutes, ModelDispatch
 
 MODELS = {"chat": {"source": "org/chat"}, "embed": {"source": "org/embed", "task": "embed"}}
 
@@ -132,3 +132,30 @@ def test_prefix_routing_of_another_model_keeps_the_direct_path(haproxy, monkeypa
     direct_has_it = {"chat": {"source": "org/chat", **affinity}, "big": {"source": "org/big"}}
     assert uses_direct_streaming(parse_app_config({"models": other_has_it, "gateway": gateway}))
     assert not uses_direct_streaming(parse_app_config({"models": direct_has_it, "gateway": gateway}))
+
+
+def chat_replica_routes():
+    chat_app = stand_in("vllm-in-replica")
+    post_paths = [route.path for route in chat_app.routes if "POST" in route.methods]
+    post_paths.remove("/v1/embeddings")  # a generate model's vLLM app has no embeddings route
+    return LocalModelRoutes("chat", chat_app, post_paths)
+
+
+async def local_requests():
+    transport = httpx.ASGITransport(app=chat_replica_routes())
+    async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+        embed = await client.post("/v1/embeddings", json={"model": "chat", "input": "hi"})
+        chat = await client.post("/v1/chat/completions", json={"model": "chat", "messages": []})
+        listing = await client.get("/v1/models")
+    return embed, chat, listing
+
+
+def test_a_route_the_direct_model_lacks_gets_a_400_naming_what_it_serves():
+    embed, chat, listing = asyncio.run(local_requests())
+    assert embed.status_code == 400
+    assert embed.json()["error"]["message"] == (
+        "The model `chat` does not support /v1/embeddings; it serves /v1/chat/completions, /v1/completions, "
+        "/tokenize."
+    )
+    assert chat.json()["served_by"] == "vllm-in-replica"
+    assert listing.json()["served_by"] == "vllm-in-replica"

@@ -29,6 +29,7 @@ from llm_serving.batch.routes import batch_layer
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.metrics import GatewayMetrics
 from llm_serving.gateway.middleware import build_gateway, key_store_for
+from llm_serving.gateway.model_dispatch import ENGINE_CALL_ROUTES
 from llm_serving.gateway.stream_failures import EngineUnavailable, StreamFailureLayer
 from llm_serving.gateway.traffic import TrafficControl
 from llm_serving.lora import AdapterCatalog, AdapterLoadError, AdapterUnavailable, split_adapter
@@ -238,18 +239,6 @@ class _GatewayOpenAiIngress(EngineCalls):
             for adapter in await self._adapters.adapters(card.id):
                 cards.append(card.model_copy(update={"id": f"{card.id}:{adapter}"}))
         return listing.model_copy(update={"data": cards})
-
-
-# The POST routes of Ray Serve LLM's ingress that name a model in a JSON body (its DEFAULT_ENDPOINTS;
-# transcriptions take a form, which the gateway does not read for a model).
-ENGINE_CALL_ROUTES = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-    "/v1/score": "score",
-    "/tokenize": "tokenize",
-    "/detokenize": "detokenize",
-}
 
 
 def engine_calls_app(

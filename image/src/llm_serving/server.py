@@ -23,7 +23,7 @@ from llm_serving.builtin_models import resolve_adapters_source, resolve_model_so
 from llm_serving.config import GatewayConfig
 from llm_serving.gateway.metrics import GatewayMetrics
 from llm_serving.gateway.middleware import build_gateway, key_store_for
-from llm_serving.gateway.model_dispatch import ModelDispatch
+from llm_serving.gateway.model_dispatch import LocalModelRoutes, ModelDispatch
 from llm_serving.gateway.traffic import TrafficControl
 from llm_serving.lora import ADAPTER_CONFIG_FILE, AdapterLoadError, is_remote, split_adapter
 from llm_serving.rag.routes import rag_layer
@@ -117,6 +117,8 @@ class GatewayLLMServer(with_adapter_load_errors(LLMServer, AdapterLoadError)):  
         app = await super().__serve_build_asgi_app__()
         if self._gateway_config is None:
             return app
+        post_paths = [route.path for route in app.routes if "POST" in (getattr(route, "methods", None) or ())]
+        app = LocalModelRoutes(self._model_id, app, post_paths)
         readiness = None
         if self._other_models:
             from llm_serving.ingress import engine_calls_app  # Ray Serve LLM's ingress: only where used

@@ -1,6 +1,6 @@
-"""Several models on the direct-streaming path: the engine replica of gateway.direct_model is the
-ingress. Its own model's requests go to vLLM's app in the replica (no hop); the other models' go to
-their engine deployments over Serve handles, as the gateway deployment sends them
+"""The direct-streaming path: the engine replica of the model (the only one, or gateway.direct_model)
+is the ingress, and its own requests go to vLLM's app in the replica (no hop). With several models
+the others' go to their engine deployments over Serve handles, as the gateway deployment sends them
 (ingress.engine_calls_app); /v1/models lists every model, which vLLM's app alone would not.
 
 Inside the gateway middleware, which has checked the request and left its model in the scope.
@@ -9,12 +9,48 @@ Inside the gateway middleware, which has checked the request and left its model 
 from __future__ import annotations
 
 import json
-from typing import Any, Dict
+from typing import Any, Dict, Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_serving.gateway.errors import GatewayError, send_json
 from llm_serving.gateway.middleware import MODEL_PATH_PREFIX, MODEL_SCOPE, MODELS_PATH
+
+# The POST routes of Ray Serve LLM's ingress that name a model in a JSON body (its DEFAULT_ENDPOINTS;
+# transcriptions take a form, which the gateway does not read for a model), and the engine call each
+# makes (ingress.EngineCalls).
+ENGINE_CALL_ROUTES = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/score": "score",
+    "/tokenize": "tokenize",
+    "/detokenize": "detokenize",
+}
+
+
+class LocalModelRoutes:
+    """vLLM's app in the replica, which has only its model's task's routes: an inference route it
+    lacks (embeddings on a chat model, chat on an embedding model) gets a 400 naming the routes the
+    model serves, as an engine deployment's model refuses it in the gateway deployment, instead of
+    FastAPI's bare 404 "Not Found"."""
+
+    def __init__(self, model: str, app: ASGIApp, post_paths: Iterable[str]):
+        self.model, self.app = model, app
+        post_paths = set(post_paths)
+        self.served = [path for path in ENGINE_CALL_ROUTES if path in post_paths]
+        self.unserved = set(ENGINE_CALL_ROUTES) - post_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.unserved:
+            error = GatewayError(
+                400,
+                f"The model `{self.model}` does not support {scope['path']}; it serves {', '.join(self.served)}.",
+                code="invalid_request",
+            )
+            await error.send(send)
+            return
+        await self.app(scope, receive, send)
 
 
 class ModelDispatch:
