@@ -473,10 +473,10 @@ class GatewayConfig(StrictModel):
     direct_model: Optional[str] = Field(
         None,
         description=(
-            "With several models: the model whose engine replica is the ingress, as with one model (no "
-            "gateway deployment, so no extra hop for it); the other models are reached from that replica "
-            "over Serve handles; rag and batch run in that replica too. Not with LoRA models, which need "
-            "the gateway deployment."
+            "The model whose engine replica is the ingress (no gateway deployment, so no extra hop for it), "
+            "even with several models: the others are reached from that replica over Serve handles. rag and "
+            "batch then run in that replica too; without direct_model they keep the gateway deployment. Not "
+            "with LoRA models, which need the gateway deployment."
         ),
     )
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="Gateway deployment sizing.")
