@@ -25,15 +25,14 @@ from llm_serving._ray import (
     set_asgi_app,
     with_engine_response_hook,
 )
-from llm_serving.batch.routes import batch_layer
 from llm_serving.config import GatewayConfig
+from llm_serving.feature_layers import FeatureLayers
 from llm_serving.gateway.metrics import GatewayMetrics
 from llm_serving.gateway.middleware import build_gateway, key_store_for
 from llm_serving.gateway.model_dispatch import ENGINE_CALL_ROUTES
 from llm_serving.gateway.stream_failures import EngineUnavailable, StreamFailureLayer
 from llm_serving.gateway.traffic import TrafficControl
 from llm_serving.lora import AdapterCatalog, AdapterLoadError, AdapterUnavailable, split_adapter
-from llm_serving.rag.routes import rag_layer
 
 logger = logging.getLogger(__name__)
 
@@ -210,8 +209,7 @@ class _GatewayOpenAiIngress(EngineCalls):
         # Each LoRA model's lora.source: the gateway checks and lists adapters from local folders too,
         # which Ray's own lora_paths cannot hold (cloud prefixes only).
         self._adapters = AdapterCatalog(adapter_sources or {})
-        self._rag, self._rag_store = rag, rag_store
-        self._batch, self._batch_runner = batch, batch_runner
+        self._features = FeatureLayers(rag, rag_store, batch, batch_runner)
         self._gateway_config = GatewayConfig.model_validate(gateway)
         self._key_store = key_store_for(self._gateway_config)
         self._traffic = TrafficControl(self._gateway_config, self._model_names, self._key_store)
@@ -260,10 +258,7 @@ class GatewayIngress(make_fastapi_ingress(_GatewayOpenAiIngress, app=_ingress_fa
         await super().__init__(*args, **kwargs)
         self._readiness.start()
         app: ASGIApp = StreamFailureLayer(asgi_app_of(self))
-        if self._rag is not None:  # /v1/rag/... and `rag` on chat, inside the gateway's checks
-            app = rag_layer(app, self._rag, default_handles(self), self._rag_store)
-        if self._batch is not None:  # /v1/files and /v1/batches, inside the gateway's checks
-            app = batch_layer(app, self._batch, self._batch_runner)
+        app = self._features.around(app, lambda: default_handles(self))
         set_asgi_app(
             self,
             build_gateway(

@@ -18,15 +18,14 @@ from llm_serving._ray import (
     next_lora_int_id,
     with_adapter_load_errors,
 )
-from llm_serving.batch.routes import batch_layer
 from llm_serving.builtin_models import resolve_adapters_source, resolve_model_source
 from llm_serving.config import GatewayConfig
+from llm_serving.feature_layers import FeatureLayers
 from llm_serving.gateway.metrics import GatewayMetrics
 from llm_serving.gateway.middleware import build_gateway, key_store_for
 from llm_serving.gateway.model_dispatch import LocalModelRoutes, ModelDispatch
 from llm_serving.gateway.traffic import TrafficControl
 from llm_serving.lora import ADAPTER_CONFIG_FILE, AdapterLoadError, is_remote, split_adapter
-from llm_serving.rag.routes import rag_layer
 
 
 class LocalAdapterLoader(LoraModelLoader):
@@ -96,8 +95,7 @@ class GatewayLLMServer(with_adapter_load_errors(LLMServer, AdapterLoadError)):  
         self._model_id = llm_config.model_id
         self._other_models = other_models or {}
         self._every_model_card = model_cards or {}
-        self._rag, self._rag_store = rag, rag_store
-        self._batch, self._batch_runner = batch, batch_runner
+        self._features = FeatureLayers(rag, rag_store, batch, batch_runner)
         self._gateway_config = GatewayConfig.model_validate(gateway) if gateway is not None else None
         # Read the keys before the engine loads, so a missing Secret fails the replica at once.
         self._key_store = key_store_for(self._gateway_config) if self._gateway_config else None
@@ -132,10 +130,7 @@ class GatewayLLMServer(with_adapter_load_errors(LLMServer, AdapterLoadError)):  
             def readiness() -> Dict[str, bool]:
                 return {self._model_id: True, **others_readiness()}  # this replica's own model serves
 
-        if self._rag is not None:  # /v1/rag/... and `rag` on chat, inside the gateway's checks
-            app = rag_layer(app, self._rag, self._every_model_handle(), self._rag_store)
-        if self._batch is not None:  # /v1/files and /v1/batches, inside the gateway's checks
-            app = batch_layer(app, self._batch, self._batch_runner)
+        app = self._features.around(app, self._every_model_handle)
         return build_gateway(
             app,
             self._gateway_config,
